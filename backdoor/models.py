@@ -1,0 +1,88 @@
+"""PreAct-ResNet18 as BackdoorBench defines it, with a `width` knob for narrow CPU demos.
+
+Layer names (`conv1, layer1..4, avgpool, linear`) match BackdoorBench so that defences
+which hook named layers (FP, NAD, AC, Spectral) address the same places.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class PreActBlock(nn.Module):
+    """Pre-activation basic block (He et al. 2016): BN-ReLU-conv twice, identity or 1x1 shortcut."""
+
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        if stride != 1 or in_planes != planes:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(x))
+        shortcut = self.shortcut(out) if hasattr(self, "shortcut") else x
+        out = self.conv1(out)
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + shortcut
+
+
+class PreActResNet18(nn.Module):
+    """PreAct-ResNet18 for 32x32 inputs; width 64 is the paper's (64/128/256/512 channels)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        super().__init__()
+        self.num_classes, self.width = num_classes, width
+        # Normalisation lives in the model so that every caller (attacks, NC's trigger
+        # search, MIA) works on images in [0,1], as BackdoorBench's transforms would.
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.in_planes = width
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.layer1 = self._make_layer(width, 2, 1)
+        self.layer2 = self._make_layer(2 * width, 2, 2)
+        self.layer3 = self._make_layer(4 * width, 2, 2)
+        self.layer4 = self._make_layer(8 * width, 2, 2)
+        # BackdoorBench's final block has no trailing BN-ReLU before pooling.
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.linear = nn.Linear(8 * width, num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        layers = []
+        for s in [stride] + [1] * (blocks - 1):
+            layers.append(PreActBlock(self.in_planes, planes, s))
+            self.in_planes = planes
+        return nn.Sequential(*layers)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Penultimate (avgpool) features, [B, 8*width]."""
+        out = self.conv1((x - self.mean) / self.std)
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.avgpool(out).flatten(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.features(x))
+
+
+# BackdoorBench's per-dataset normalisation (GTSRB: none); other datasets default to none.
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+
+MODELS: dict[str, Callable[..., nn.Module]] = {"preactresnet18": PreActResNet18}
+
+
+def make_model(name: str, num_classes: int, width: int = 64, dataset: str | None = None) -> nn.Module:
+    """Build a registered model by name, normalising for `dataset`; unknown names fail with the valid list."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
+    mean, std = DATASET_STATS.get(dataset or "", ((0.0,) * 3, (1.0,) * 3))
+    return MODELS[name](num_classes=num_classes, width=width, mean=mean, std=std)

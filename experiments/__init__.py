@@ -1,0 +1,1 @@
+"""Runnable experiments: one script per paper section; each step writes one file."""
