@@ -1,0 +1,89 @@
+# One target per artifact. Steps are file targets: a rerun skips finished work and
+# `make -j` runs independent steps at once. See README.md.
+#   make demo                 whole pipeline on embedded digits, CPU, minutes
+#   make test                 the test suite (CPU)
+#   make figure4 PROFILE=quick
+#   make all                  every figure that exists, paper profile (GPU + datasets)
+
+PYTHON   ?= python3
+VENV     := .venv
+PY       := $(VENV)/bin/python
+STAMP    := $(VENV)/.installed
+PROFILE  ?= paper
+DEVICE   ?=
+A        := artifacts
+CK        = $(A)/checkpoints/$(PROFILE)
+RS        = $(A)/results/$(PROFILE)
+FG        = $(A)/figures/$(PROFILE)
+DEVFLAG   = $(if $(DEVICE),--device $(DEVICE))
+# Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
+profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1)))
+DATASETS ?= $(call profile_field,datasets)
+ATTACKS  ?= $(call profile_field,attacks)
+runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(d)/$(a)))
+runargs   = --dataset $(word 1,$(subst /, ,$(1))) --attack $(word 2,$(subst /, ,$(1)))
+
+.PHONY: all demo test bench data figure1 figure4 summary clean-demo help
+.DELETE_ON_ERROR:
+.SECONDARY:
+
+help:
+	@sed -n '2,7p' Makefile
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+# ---- top level ---------------------------------------------------------------------
+all: $(STAMP)
+	@$(MAKE) --no-print-directory PROFILE=paper figure1 figure4 summary
+
+demo: $(STAMP)
+	@$(MAKE) --no-print-directory PROFILE=demo figure1 figure4 summary
+	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
+
+test: $(STAMP)
+	@$(PY) -m pytest -q tests; rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
+
+bench: $(STAMP)
+	$(PY) -m experiments.bench $(DEVFLAG)
+
+data: $(STAMP)
+	$(PY) -m backdoor.data --download $(DATASETS)
+
+# ---- standalone scenario: backdoored model -> FT / SFT --------------------------------
+$(CK)/%/backdoor.safetensors: | $(STAMP)
+	$(PY) -m experiments.standalone train --profile $(PROFILE) $(call runargs,$*) $(DEVFLAG)
+
+define defense_rule
+$$(RS)/%/$(1).json: $$(CK)/%/backdoor.safetensors
+	$$(PY) -m experiments.standalone defend --profile $$(PROFILE) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
+endef
+$(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
+
+# ---- figures ---------------------------------------------------------------------------
+figure1: $(STAMP)
+	@$(MAKE) --no-print-directory $(FG)/figure1.png
+$(RS)/figure1_lr.json: | $(STAMP)
+	$(PY) -m experiments.lr_schedule --profile $(PROFILE) --out $@
+$(FG)/figure1.png: $(RS)/figure1_lr.json
+	$(PY) -m figures.figure1 $< --out $@
+
+figure4: $(STAMP)
+	@$(MAKE) --no-print-directory $(FG)/figure4.png
+$(FG)/figure4.png: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
+	$(PY) -m figures.figure4 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
+
+summary: $(STAMP)
+	@$(MAKE) --no-print-directory $(RS)/summary.txt
+	@cat $(RS)/summary.txt
+$(RS)/summary.txt: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
+	$(PY) -m experiments.summary --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
+
+clean-demo:
+	rm -rf $(A)/checkpoints/demo $(A)/results/demo $(A)/figures/demo
+
+# Later issues add their targets in make/*.mk.
+-include make/*.mk

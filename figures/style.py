@@ -1,0 +1,34 @@
+"""Shared look of every figure, and saving as PNG + PDF."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+LABELS = {"ft": "FT", "sft": "SFT", "badnets": "BadNets", "blended": "Blended", "lf": "LF",
+          "inputaware": "InputAware", "wanet": "WaNet", "cifar10": "CIFAR10", "cifar100": "CIFAR100",
+          "gtsrb": "GTSRB", "digits": "digits"}
+
+
+def label(name: str) -> str:
+    """Display name of a dataset, attack or defence."""
+    return LABELS.get(name, name.upper())
+
+
+def use_style() -> None:
+    """Paper-like style: white grid, readable fonts."""
+    sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
+
+
+def save(fig: plt.Figure, out: str | Path) -> None:
+    """Write `out` (PNG) and the same figure as PDF next to it."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=150)
+    fig.savefig(out.with_suffix(".pdf"))
+    plt.close(fig)
