@@ -43,10 +43,13 @@ class TrainConfig:
     channels_last: bool = True
     compile: bool = False
     seed: int = 0
+    optimizer: str = "sgd"  # "sgd" or "adam" (Adam: default betas, momentum unused; encoder downstream)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: constant, cosine")
+        if self.optimizer not in ("sgd", "adam"):
+            raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adam")
         if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
             raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}")
 
@@ -76,6 +79,13 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: Optional[torch.Generator
         mask = torch.rand(b, device=x.device, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)
     return x
+
+
+def make_optimizer(cfg: TrainConfig, params) -> torch.optim.Optimizer:
+    """SGD (momentum, weight decay) or Adam (weight decay) over `params`, as `cfg.optimizer` says."""
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def make_scheduler(cfg: TrainConfig) -> SchedulerFactory:
@@ -108,7 +118,7 @@ def fit(
     params: Optional[list] = None,
     desc: str = "train",
 ) -> list[dict]:
-    """Train `model` in place with SGD on uint8 images x [N,3,H,W] and labels y.
+    """Train `model` in place with SGD (or Adam, `cfg.optimizer`) on uint8 images x [N,3,H,W] and labels y.
 
     Returns one record per epoch (epoch 0 = before training): lr, loss, train seconds
     (device-synchronised, evaluation excluded) and whatever `evaluate(model)` returns.
@@ -121,8 +131,7 @@ def fit(
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model
-    opt = torch.optim.SGD(params if params is not None else model.parameters(), lr=cfg.lr,
-                          momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(cfg, params if params is not None else model.parameters())
     spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last)
     sched = (scheduler or make_scheduler(cfg))(opt, spe)
     history = [{"epoch": 0, "lr": opt.param_groups[0]["lr"], "loss": float("nan"), "seconds": 0.0,
