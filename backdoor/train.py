@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 # (x float [B,3,H,W] in [0,1], y [B], global step) -> (x, y); used by on-the-fly attacks.
 BatchHook = Callable[[torch.Tensor, torch.Tensor, int], tuple[torch.Tensor, torch.Tensor]]
 Evaluator = Callable[[nn.Module], dict]
+# (net, x, y) -> scalar loss; replaces cross-entropy (flooding, gradient ascent, distillation).
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 SchedulerFactory = Callable[[torch.optim.Optimizer, int], torch.optim.lr_scheduler.LRScheduler]
 
 
@@ -116,13 +118,15 @@ def fit(
     evaluate: Optional[Evaluator] = None,
     batch_hook: Optional[BatchHook] = None,
     params: Optional[list] = None,
+    loss_fn: Optional[LossFn] = None,
     desc: str = "train",
 ) -> list[dict]:
     """Train `model` in place with SGD (or Adam, `cfg.optimizer`) on uint8 images x [N,3,H,W] and labels y.
 
     Returns one record per epoch (epoch 0 = before training): lr, loss, train seconds
     (device-synchronised, evaluation excluded) and whatever `evaluate(model)` returns.
-    `params` restricts the optimised parameters (default: all).
+    `params` restricts the optimised parameters (default: all); `loss_fn(net, x, y)`
+    replaces cross-entropy.
     """
     device = next(model.parameters()).device
     torch.manual_seed(cfg.seed)
@@ -152,7 +156,7 @@ def fit(
             if cfg.channels_last:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
-                loss = F.cross_entropy(net(xb), yb)
+                loss = loss_fn(net, xb, yb) if loss_fn is not None else F.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
