@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,46 @@ def _load_gtsrb(data_dir: Path, download: bool) -> ImageData:
     return ImageData("gtsrb", xtr, ytr, xte, yte, 43)
 
 
+def _area_resize(x: np.ndarray, chunk: int = 8192) -> torch.Tensor:
+    """uint8 NCHW images -> 32x32 by area averaging (3x3 boxes for STL10's 96x96), rounded, in chunks."""
+    out = [
+        F.interpolate(torch.from_numpy(np.ascontiguousarray(x[i : i + chunk])).float(), size=(IMAGE_SIZE, IMAGE_SIZE),
+                      mode="area").round_().to(torch.uint8)
+        for i in range(0, len(x), chunk)
+    ]
+    return torch.cat(out).contiguous() if out else torch.zeros((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+
+
+def _stl10_loader(name: str, train_split: str, test_split: str | None) -> Callable[[Path, bool], ImageData]:
+    """Loader for STL10 (96x96, resized to 32x32 as BadEncoder's npz files are); 'unlabeled' has labels -1."""
+
+    def load(data_dir: Path, download: bool) -> ImageData:
+        from torchvision import datasets
+
+        parts = []
+        for split in (train_split, test_split):
+            if split is None:  # the unlabelled set has no test split
+                parts.append((torch.zeros((0, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8), _labels([])))
+                continue
+            ds = _torchvision(name, data_dir, lambda s=split: datasets.STL10(str(data_dir), split=s, download=download))
+            parts.append((_area_resize(ds.data), _labels(ds.labels)))
+        (xtr, ytr), (xte, yte) = parts
+        return ImageData(name, xtr, ytr, xte, yte, 10)
+
+    return load
+
+
+def _load_svhn(data_dir: Path, download: bool) -> ImageData:
+    """SVHN cropped digits (train 73,257 / test 26,032; 'extra' unused), already 32x32; digit 0 is label 0."""
+    from torchvision import datasets
+
+    root = str(data_dir / "svhn")
+    splits = [_torchvision("svhn", data_dir, lambda s=s: datasets.SVHN(root, split=s, download=download))
+              for s in ("train", "test")]
+    tr, te = ((torch.from_numpy(np.ascontiguousarray(ds.data)), _labels(ds.labels)) for ds in splits)
+    return ImageData("svhn", tr[0], tr[1], te[0], te[1], 10)
+
+
 def digits_split_indices(y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The fixed train/test index split of the digits dataset (stratified, seed 0)."""
     from sklearn.model_selection import train_test_split
@@ -129,6 +170,9 @@ DATASETS: dict[str, Callable[[Path, bool], ImageData]] = {
     "cifar10": _cifar_loader("cifar10", 10),
     "cifar100": _cifar_loader("cifar100", 100),
     "gtsrb": _load_gtsrb,
+    "stl10": _stl10_loader("stl10", "train", "test"),
+    "stl10_unlabeled": _stl10_loader("stl10_unlabeled", "unlabeled", None),
+    "svhn": _load_svhn,
 }
 
 

@@ -86,3 +86,113 @@ def make_model(name: str, num_classes: int, width: int = 64, dataset: str | None
         raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
     mean, std = DATASET_STATS.get(dataset or "", ((0.0,) * 3, (1.0,) * 3))
     return MODELS[name](num_classes=num_classes, width=width, mean=mean, std=std)
+
+
+# ---- encoder-based scenario (BadEncoder): SimCLR ResNet-18 encoder and its heads ----------
+
+# BadEncoder's input normalisation per pre-training set (its datasets/*_dataset.py); the
+# downstream task reuses the encoder's own normalisation, as BadEncoder does.
+ENCODER_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    "stl10": ((0.44087798, 0.42790666, 0.38678814), (0.25507198, 0.24801506, 0.25641308)),
+}
+
+
+class BasicBlock(nn.Module):
+    """torchvision's ResNet basic block: conv-BN-ReLU-conv-BN plus (1x1 conv-BN) shortcut, then ReLU."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.downsample = None
+        if stride != 1 or in_planes != planes:
+            self.downsample = nn.Sequential(nn.Conv2d(in_planes, planes, 1, stride, bias=False),
+                                            nn.BatchNorm2d(planes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + (x if self.downsample is None else self.downsample(x)))
+
+
+class ResNet18Encoder(nn.Module):
+    """BadEncoder's CIFAR ResNet-18 `f`: 3x3 stem, no max-pool, no FC; returns 8*width avgpool features."""
+
+    def __init__(self, width: int = 64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        super().__init__()
+        self.width, self.feature_dim = width, 8 * width
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1))
+        self.conv1 = nn.Conv2d(3, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        planes = [width, 2 * width, 4 * width, 8 * width]
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            nn.Sequential(BasicBlock(p_in, p, s), BasicBlock(p, p))
+            for p_in, p, s in zip([width] + planes[:3], planes, (1, 2, 2, 2)))
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1((x - self.mean) / self.std)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.avgpool(out).flatten(1)
+
+
+def projection_head(in_dim: int, hidden: int = 512, out: int = 128) -> nn.Sequential:
+    """SimCLR projection g: Linear(no bias)-BN-ReLU-Linear, 512-512-128 in BadEncoder."""
+    return nn.Sequential(nn.Linear(in_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                         nn.Linear(hidden, out))
+
+
+def mlp_head(in_dim: int, num_classes: int) -> nn.Sequential:
+    """BadEncoder's downstream `NeuralNet`: in-512-256-C, ReLU, Dropout(0.5) after the first hidden layer."""
+    return nn.Sequential(nn.Linear(in_dim, 512), nn.ReLU(inplace=True), nn.Dropout(0.5),
+                         nn.Linear(512, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes))
+
+
+class SimCLRModel(nn.Module):
+    """Encoder f plus projection head g; forward returns the projection (NT-Xent normalises it)."""
+
+    def __init__(self, width: int = 64, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        super().__init__()
+        self.f = ResNet18Encoder(width, mean, std)
+        self.g = projection_head(self.f.feature_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.g(self.f(x))
+
+
+class DownstreamClassifier(nn.Module):
+    """Encoder -> L2-normalised features -> MLP head, as BadEncoder's downstream classifier.
+
+    With `freeze_encoder` the encoder gets no gradients and stays in eval mode even under
+    `.train()`, so neither its weights nor its BatchNorm statistics move (classifier-only).
+    """
+
+    def __init__(self, encoder: ResNet18Encoder, num_classes: int, freeze_encoder: bool = False):
+        super().__init__()
+        self.encoder, self.frozen = encoder, freeze_encoder
+        self.head = mlp_head(encoder.feature_dim, num_classes)
+        self.encoder.requires_grad_(not freeze_encoder)
+        self.train()
+
+    def train(self, mode: bool = True) -> "DownstreamClassifier":
+        super().train(mode)
+        if self.frozen:
+            self.encoder.eval()
+        return self
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """L2-normalised encoder features [B, 8*width]."""
+        return F.normalize(self.encoder(x), dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _resnet18_mlp(num_classes: int, width: int = 64, mean=(0.0,) * 3, std=(1.0,) * 3) -> DownstreamClassifier:
+    return DownstreamClassifier(ResNet18Encoder(width, mean, std), num_classes)
+
+
+MODELS["resnet18_mlp"] = _resnet18_mlp

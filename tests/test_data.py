@@ -120,7 +120,7 @@ def test_unknown_name_lists_valid_names(tmp_path):
     assert "foo" in msg and "\n" not in msg
     for name in ("cifar10", "cifar100", "digits", "gtsrb"):
         assert name in msg
-    assert set(bd.DATASETS) == {"cifar10", "cifar100", "digits", "gtsrb"}
+    assert set(bd.DATASETS) == {"cifar10", "cifar100", "digits", "gtsrb", "stl10", "stl10_unlabeled", "svhn"}
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "gtsrb"])
