@@ -44,7 +44,7 @@ demo: $(STAMP)
 	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
 
 test: $(STAMP)
-	@$(PY) -m pytest -q tests; rc=$$?; \
+	@$(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)

@@ -1,0 +1,50 @@
+"""The engine's on-device augmentation and determinism."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from backdoor.models import make_model
+from backdoor.train import TrainConfig, augment, fit, steps_per_epoch
+
+
+def test_crop_is_a_shifted_window_of_the_zero_padded_image():
+    x = torch.rand(16, 3, 32, 32)
+    out = augment(x, pad=4, flip=False, gen=torch.Generator().manual_seed(0))
+    padded = F.pad(x, (4, 4, 4, 4))
+    for i in range(16):
+        hits = [(dy, dx) for dy in range(9) for dx in range(9)
+                if torch.equal(out[i], padded[i, :, dy:dy + 32, dx:dx + 32])]
+        assert hits, f"image {i} is not a crop of its padded self"
+    offsets = {tuple(torch.nonzero(out[i].sum(0) != 0)[0].tolist()) for i in range(16)}
+    assert len(offsets) > 1  # different images get different shifts
+
+
+def test_flip_mirrors_about_half_and_pad0_is_identity():
+    x = torch.rand(400, 3, 8, 8)
+    out = augment(x, pad=0, flip=True, gen=torch.Generator().manual_seed(0))
+    flipped = [torch.equal(out[i], x[i].flip(2)) for i in range(400)]
+    same = [torch.equal(out[i], x[i]) for i in range(400)]
+    assert all(f or s for f, s in zip(flipped, same)) and 150 < sum(flipped) < 250
+    assert torch.equal(augment(x, pad=0, flip=False), x)
+
+
+def test_fit_is_deterministic_and_learns():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(128) % 2
+    # Two trivially separable classes: bright vs dark images.
+    x = (torch.rand(128, 3, 32, 32, generator=g) * 100 + 150 * y[:, None, None, None]).to(torch.uint8)
+    cfg = TrainConfig(epochs=3, batch_size=32, lr=0.05, crop_pad=2)
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(1)
+        model = make_model("preactresnet18", 2, width=4)
+        hist = fit(model, x, y, cfg, evaluate=lambda m: {"ca": float((m(x.float() / 255).argmax(1) == y).float().mean())})
+        runs.append(([r["loss"] for r in hist[1:]], hist[-1]["ca"]))
+    assert runs[0] == runs[1]
+    assert runs[0][1] > 0.9 and len(hist) == 4 and hist[0]["epoch"] == 0
+
+
+def test_steps_per_epoch():
+    assert steps_per_epoch(50000, 256) == 195 and steps_per_epoch(50000, 256, drop_last=False) == 196
+    assert steps_per_epoch(10, 256) == 1
