@@ -37,6 +37,8 @@ class Profile:
     poison_ratio: float = 0.1
     target: int = 0
     seed: int = 0
+    # Per-defence config overrides handed to DefenseContext.params (e.g. {"nc": NCConfig(...)}).
+    defense_params: dict = field(default_factory=dict)
 
     def train_config(self, dataset: str) -> TrainConfig:
         """The attack-training config with the dataset's flip rule."""
@@ -61,10 +63,10 @@ PROFILES: dict[str, Profile] = {
                     TrainConfig(epochs=40, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=40),
                     finetune_epochs=15, finetune_batch=64, ft_lr=0.001,
                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=10)),
-    "smoke": Profile("smoke", ("digits",), ("badnets", "blended"), 8,
-                     TrainConfig(epochs=12, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=12),
-                     finetune_epochs=6, finetune_batch=64, ft_lr=0.001,
-                     sft=SFTConfig(half_cycle_epochs=1.0, phase1_epochs=4)),
+    "smoke": Profile("smoke", ("digits",), ("badnets", "blended"), 16,
+                     TrainConfig(epochs=30, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=30),
+                     finetune_epochs=10, finetune_batch=64, ft_lr=0.001,
+                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5)),
 }
 
 
