@@ -1,4 +1,7 @@
-"""Attack registry: CLI name -> Attack class."""
+"""Attack registry: CLI name -> Attack class.
+
+Train a backdoored model with any of them through `backdoor.attacks.training.train_backdoored`.
+"""
 from __future__ import annotations
 
 from typing import Any
@@ -6,10 +9,16 @@ from typing import Any
 from .badnets import BadNets
 from .base import Attack
 from .blended import Blended
+from .inputaware import InputAware
+from .lf import LF
+from .wanet import WaNet
 
 ATTACKS: dict[str, type[Attack]] = {
     "badnets": BadNets,
     "blended": Blended,
+    "lf": LF,
+    "inputaware": InputAware,
+    "wanet": WaNet,
 }
 
 

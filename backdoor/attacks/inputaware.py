@@ -1,0 +1,204 @@
+"""Input-aware dynamic backdoor (Nguyen & Tran 2020) with BackdoorBench v1's settings.
+
+A generator G and a mask net M (same encoder-decoder; base channels `width`, 32 in
+BackdoorBench) make a per-image trigger: x' = x + (G(x) - x) * M(x). Stage 1 trains M
+alone (`mask_epochs`, Adam 0.01, betas (0.5, 0.9), LR x0.1 at 40% and 80% of the stage =
+BackdoorBench's milestones 10/20 of 25) for sparsity (mask density 0.032, lambda_norm 100) and
+diversity. Stage 2 trains the classifier with `fit` while G learns with Adam 0.01: per batch,
+int(ratio * B) images get their own trigger and the target label, as many "cross" images
+get the trigger of another image and keep their label, and a diversity loss keeps G's
+patterns as far apart as the images they come from.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Attack
+
+EPS = 1e-7
+
+
+def conv_block(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
+    layers = [nn.Conv2d(cin, cout, 3, padding=1), nn.BatchNorm2d(cout, momentum=0.05)]
+    return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
+
+
+class Generator(nn.Sequential):
+    """BackdoorBench's 3-level encoder-decoder (channels width, 2w, 4w); output in (0, 1)."""
+
+    def __init__(self, width: int = 32, out_channels: int = 3):
+        c = [width, 2 * width, 4 * width]
+        layers: list[nn.Module] = []
+        cin = 3
+        for ch in c:
+            layers += [conv_block(cin, ch), conv_block(ch, ch), nn.MaxPool2d(2)]
+            cin = ch
+        layers.append(conv_block(c[2], c[2]))
+        outs = [c[1], c[0], out_channels]
+        for i, ch in enumerate([c[2], c[1], c[0]]):
+            layers += [nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False), conv_block(ch, ch),
+                       conv_block(ch, outs[i], relu=i < 2)]
+        super().__init__(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(super().forward(x)) / (2 + EPS) + 0.5
+
+
+def threshold(m: torch.Tensor) -> torch.Tensor:
+    """BackdoorBench's soft step: masks become almost binary."""
+    return torch.tanh(m * 20 - 10) / (2 + EPS) + 0.5
+
+
+def rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).mean(dim=(1, 2, 3)).sqrt()
+
+
+def diversity(x1: torch.Tensor, x2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Image distance over pattern distance: small when different images get different patterns."""
+    return (rms_distance(x1, x2) / (rms_distance(p1, p2) + EPS)).mean()
+
+
+class InputAware(Attack):
+    """Per-image triggers from a trained generator and mask; owns its (fit-based) training loop."""
+
+    name = "inputaware"
+    trains_own_loop = True
+    learns_trigger = True  # the triggered test set must be rebuilt after every epoch
+
+    def __init__(self, target: int = 0, width: int = 32, mask_epochs: int = 25, mask_density: float = 0.032,
+                 lambda_div: float = 1.0, lambda_norm: float = 100.0, cross_ratio: float = 1.0,
+                 lr_g: float = 0.01, lr_m: float = 0.01):
+        super().__init__(target)
+        if width < 1 or mask_epochs < 0 or not 0 < mask_density < 1 or cross_ratio < 0:
+            raise ValueError(f"invalid InputAware settings: width={width}, mask_epochs={mask_epochs}, "
+                             f"mask_density={mask_density}, cross_ratio={cross_ratio}")
+        self.hp = {"width": width, "mask_epochs": mask_epochs, "mask_density": mask_density,
+                   "lambda_div": lambda_div, "lambda_norm": lambda_norm, "cross_ratio": cross_ratio,
+                   "lr_g": lr_g, "lr_m": lr_m}
+        self.generator = Generator(width, 3)
+        self.mask_net = Generator(width, 1)
+        self.eval()  # apply() uses BN running statistics unless a trainer says otherwise
+
+    def pattern_and_mask(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.generator(x), threshold(self.mask_net(x))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        p, m = self.pattern_and_mask(x)
+        return x + (p - x) * m
+
+    def cross(self, x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+        """x triggered with the pattern and mask made for `source` images."""
+        p, m = self.pattern_and_mask(source)
+        return x + (p - x) * m
+
+    def counts(self, batch: int, ratio: float) -> tuple[int, int]:
+        nb = int(batch * ratio)
+        return nb, min(int(nb * self.hp["cross_ratio"]), (batch - nb) // 2)
+
+    def _adam(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.Adam(module.parameters(), lr=lr, betas=(0.5, 0.9))
+
+    def train_mask(self, x_train: torch.Tensor, cfg: Any, seed: int) -> list[float]:
+        """Stage 1: mask net alone, on the engine's device-resident batches; returns per-epoch loss."""
+        from backdoor.train import augment, steps_per_epoch
+
+        device = next(self.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        x = x_train.to(device)
+        opt = self._adam(self.mask_net, self.hp["lr_m"])
+        n_ep = self.hp["mask_epochs"]
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, [math.ceil(0.4 * n_ep), math.ceil(0.8 * n_ep)], 0.1)
+        spe, losses = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last), []
+        self.mask_net.train()
+        for _ in range(n_ep):
+            total = torch.zeros((), device=device)
+            p1, p2 = (torch.randperm(len(x), device=device, generator=gen) for _ in range(2))
+            for s in range(spe):
+                sl = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
+                x1 = augment(x[p1[sl]].float() / 255, cfg.crop_pad, cfg.flip, gen)
+                x2 = augment(x[p2[sl]].float() / 255, cfg.crop_pad, cfg.flip, gen)
+                m1, m2 = threshold(self.mask_net(x1)), threshold(self.mask_net(x2))
+                loss = (self.hp["lambda_norm"] * F.relu(m1 - self.hp["mask_density"]).mean()
+                        + self.hp["lambda_div"] * diversity(x1, x2, m1, m2))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach()
+            sched.step()
+            losses.append(total.item() / spe)
+        self.mask_net.eval().requires_grad_(False)
+        return losses
+
+    def batch_hook(self, ratio: float, opt_g: torch.optim.Optimizer) -> tuple[Callable, Callable]:
+        """fit() hook for stage 2, and a `flush` that applies G's pending Adam step.
+
+        fit() backpropagates the classifier loss through the poisoned batch into G, after the
+        hook returns; G's step therefore runs at the start of the next hook call (or at
+        `flush`), which is the same update as stepping right after backward.
+        """
+        pending = {"step": False}
+
+        def flush() -> None:
+            if pending["step"]:
+                opt_g.step()
+                pending["step"] = False
+
+        def hook(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            flush()
+            opt_g.zero_grad(set_to_none=True)
+            nb, nc = self.counts(len(x), ratio)
+            src = x.flip(0)[:nc]  # other images of the batch lend their triggers
+            p_bd, p_src = self.generator(x[:nb]), self.generator(src)
+            with torch.no_grad():  # M is frozen after stage 1
+                m_bd, m_src = threshold(self.mask_net(x[:nb])), threshold(self.mask_net(src))
+            x_bd = x[:nb] + (p_bd - x[:nb]) * m_bd
+            x_cross = x[nb : nb + nc] + (p_src - x[nb : nb + nc]) * m_src
+            k = min(nb, nc)
+            if k:
+                # fit's backward adds the classifier loss's gradient to this one
+                (self.hp["lambda_div"] * diversity(x[:k], src[:k], p_bd[:k], p_src[:k])).backward(retain_graph=True)
+            pending["step"] = True
+            x = torch.cat([x_bd, x_cross, x[nb + nc :]])
+            return x, torch.cat([torch.full_like(y[:nb], self.target), y[nb:]])
+
+        return hook, flush
+
+    def train_backdoor(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Any,
+                       ratio: float, seed: int, evaluate: Optional[Callable] = None) -> tuple[list[dict], dict]:
+        """Stage 1 (mask) then stage 2 (classifier + G on fit); returns (history, poison_info)."""
+        from backdoor.train import fit
+        from .training import materialise
+
+        self.to(next(model.parameters()).device)
+        torch.manual_seed(seed)
+        mask_losses = self.train_mask(x_train, cfg, seed)
+        opt_g = self._adam(self.generator, self.hp["lr_g"])
+        hook, flush = self.batch_hook(ratio, opt_g)
+
+        def evaluate_now(m: nn.Module) -> dict:
+            flush()
+            self.generator.eval()
+            out = evaluate(m) if evaluate else {}
+            self.generator.train()
+            return out
+
+        self.generator.train()
+        history = fit(model, x_train, y_train, cfg, evaluate=evaluate_now, batch_hook=hook, desc="train inputaware")
+        flush()
+        self.eval()
+        nb, nc = self.counts(cfg.batch_size, ratio)
+
+        def cross(xb: torch.Tensor) -> torch.Tensor:
+            return self.cross(xb, xb.roll(1, 0))  # each image gets its neighbour's trigger
+
+        with torch.no_grad():
+            info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed, cross=cross)
+        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc, "mask_losses": mask_losses}
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), **self.hp}

@@ -1,0 +1,151 @@
+"""LF, the low-frequency trigger (Zeng et al. 2021), as BackdoorBench runs it.
+
+The trigger is one universal additive pattern, values 0..0.2 (0..51 in uint8), applied as
+clip(x + pattern). BackdoorBench ships a pre-optimised pattern per dataset; we generate
+ours the way its generator does: a universal adversarial perturbation against a *clean*
+model of the same architecture (targeted DeepFool toward the target class on `n_images`
+training images, passes until `fool_rate` of a 10-per-class subset goes to the target),
+each update followed by a separable Gaussian low-pass filter (`taps` taps, `sigma` px,
+zero padding) and min-max normalisation into [0, max_value]. The result is cached per
+dataset, width and target under $ARTIFACTS/triggers/ (default artifacts/triggers/).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from safetensors import safe_open
+from safetensors.torch import save
+
+from .base import Attack
+
+log = logging.getLogger(__name__)
+
+
+def gaussian_lowpass(v: torch.Tensor, sigma: float, taps: int) -> torch.Tensor:
+    """Separable Gaussian blur of [C,H,W] with zero padding, same output size (even taps allowed)."""
+    t = torch.arange(taps, dtype=v.dtype, device=v.device) - (taps - 1) / 2
+    k = torch.exp(-0.5 * (t / sigma) ** 2)
+    k = k / k.sum()
+    c = v.shape[0]
+    lo, hi = (taps - 1) // 2, taps // 2
+    out = F.conv2d(F.pad(v[None], (lo, hi, 0, 0)), k.view(1, 1, 1, taps).expand(c, 1, 1, taps), groups=c)
+    out = F.conv2d(F.pad(out, (0, 0, lo, hi)), k.view(1, 1, taps, 1).expand(c, 1, taps, 1), groups=c)
+    return out[0]
+
+
+def minmax(v: torch.Tensor, max_value: float) -> torch.Tensor:
+    """Affine map of v onto [0, max_value] (a constant v maps to 0)."""
+    span = (v.max() - v.min()).clamp_min(1e-12)
+    return (v - v.min()) / span * max_value
+
+
+def targeted_deepfool(model: nn.Module, x: torch.Tensor, target: int, overshoot: float,
+                      max_iter: int) -> tuple[torch.Tensor, int]:
+    """Smallest linearised step moving x [1,C,H,W] to `target` (DeepFool, one target); (r, iterations)."""
+    r_tot = torch.zeros_like(x)
+    for i in range(max_iter):
+        xa = (x + (1 + overshoot) * r_tot).requires_grad_(True)
+        logits = model(xa)[0]
+        k = int(logits.argmax())
+        if k == target:
+            return (1 + overshoot) * r_tot, i
+        f = logits[target] - logits[k]
+        (w,) = torch.autograd.grad(f, xa)
+        r_tot = r_tot + (f.detach().abs() + 1e-4) / w.pow(2).sum().clamp_min(1e-12) * w
+    return (1 + overshoot) * r_tot, max_iter
+
+
+class LF(Attack):
+    """Additive universal low-frequency pattern in [0, max_value]; needs `prepare` (or a checkpoint)."""
+
+    name = "lf"
+
+    def __init__(self, target: int = 0, size: int = 32, clean_epochs: int = 10, n_images: int = 100,
+                 max_passes: int = 50, fool_rate: float = 0.2, overshoot: float = 0.02, df_max_iter: int = 200,
+                 sigma: float = 6.0, taps: int = 30, max_value: float = 0.2):
+        super().__init__(target)
+        if not 0 < max_value <= 1 or sigma <= 0 or taps < 1 or n_images < 1:
+            raise ValueError(f"invalid LF settings: max_value={max_value}, sigma={sigma}, taps={taps}, "
+                             f"n_images={n_images}")
+        self.gen_params = {"clean_epochs": clean_epochs, "n_images": n_images, "max_passes": max_passes,
+                           "fool_rate": fool_rate, "overshoot": overshoot, "df_max_iter": df_max_iter,
+                           "sigma": sigma, "taps": taps, "max_value": max_value}
+        self.register_buffer("pattern", torch.zeros(3, size, size))
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        if not bool(self.pattern.any()):
+            raise ValueError("LF trigger is empty: call prepare() (train_backdoored does) or load a checkpoint")
+        return (x + self.pattern.to(x.dtype)).clamp(0, 1)
+
+    def set_pattern(self, v: torch.Tensor) -> None:
+        """Install a pattern, quantised to 1/255 so that baking adds exact uint8 values."""
+        self.pattern.copy_((v * 255).round() / 255)
+
+    @torch.no_grad()
+    def _fooled(self, model: nn.Module, x: torch.Tensor, v: torch.Tensor) -> float:
+        return (model((x + v).clamp(0, 1)).argmax(1) == self.target).float().mean().item()
+
+    def generate(self, model: nn.Module, x_imgs: torch.Tensor, x_eval: torch.Tensor, seed: int) -> torch.Tensor:
+        """Universal low-pass perturbation against `model` from float images [N,3,H,W]; returns [3,H,W]."""
+        p = self.gen_params
+        model.eval()
+        gen = torch.Generator().manual_seed(seed)
+        v = torch.zeros_like(x_imgs[0])
+        for passno in range(p["max_passes"]):
+            for i in torch.randperm(len(x_imgs), generator=gen).tolist():
+                xi = (x_imgs[i : i + 1] + v).clamp(0, 1)
+                with torch.no_grad():
+                    if int(model(xi).argmax()) == self.target:
+                        continue
+                dr, iters = targeted_deepfool(model, xi, self.target, p["overshoot"], p["df_max_iter"])
+                if iters < p["df_max_iter"]:
+                    v = minmax(gaussian_lowpass(v + dr[0], p["sigma"], p["taps"]), p["max_value"])
+            rate = self._fooled(model, x_eval, v)
+            log.info("LF pass %d: fooling rate %.3f", passno + 1, rate)
+            if rate >= p["fool_rate"]:
+                break
+        if not bool(v.any()):
+            raise ValueError("LF generation never converged (DeepFool hit df_max_iter on every image); "
+                             "raise df_max_iter or clean_epochs")
+        return v
+
+    def cache_path(self, dataset: str, width: int) -> Path:
+        root = Path(os.environ.get("ARTIFACTS", "artifacts")) / "triggers"
+        return root / f"lf_{dataset}_w{width}_t{self.target}.safetensors"
+
+    def prepare(self, data: Any, cfg: Any, width: int, seed: int) -> None:
+        """Load the cached trigger for (dataset, width, target), or train a clean model and generate it."""
+        from backdoor.checkpoint import atomic_write_bytes
+        from backdoor.models import make_model
+        from backdoor.train import fit
+
+        path, key = self.cache_path(data.name, width), json.dumps({**self.gen_params, "seed": seed}, sort_keys=True)
+        device = self.pattern.device
+        if path.is_file():
+            with safe_open(str(path), "pt") as f:
+                if (f.metadata() or {}).get("params") == key:
+                    self.set_pattern(f.get_tensor("pattern").to(device))
+                    return
+            log.info("LF cache %s was made with other settings; regenerating", path)
+        torch.manual_seed(seed)
+        model = make_model("preactresnet18", data.num_classes, width, data.name).to(device)
+        fit(model, data.x_train, data.y_train, replace(cfg, epochs=self.gen_params["clean_epochs"], seed=seed),
+            desc="LF clean model")
+        gen = torch.Generator().manual_seed(seed)
+        pick = torch.randperm(len(data.x_train), generator=gen)[: self.gen_params["n_images"]]
+        per_class = [torch.nonzero(data.y_train == c).flatten()[:10] for c in range(data.num_classes)]
+        x_eval = data.x_train[torch.cat(per_class)]
+        as_float = lambda t: t.to(device).float() / 255.0  # noqa: E731
+        self.set_pattern(self.generate(model, as_float(data.x_train[pick]), as_float(x_eval), seed))
+        atomic_write_bytes(path, save({"pattern": self.pattern.cpu().contiguous()}, metadata={"params": key}))
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "size": self.pattern.shape[-1], **self.gen_params}

@@ -1,0 +1,106 @@
+"""WaNet (Nguyen & Tran 2021): a small, smooth, fixed warp of the image is the trigger.
+
+Warp field as BackdoorBench v1 builds it: k x k uniform noise in [-1,1], divided by its
+mean |.|, bicubic-upsampled to the image size, added to the identity grid with strength
+s / H, times grid_rescale, clamped to [-1,1]. Training poisons on the fly per batch:
+int(ratio * batch) images are warped and relabelled to the target, int(that * cross_ratio)
+"noise-mode" images get the warp plus fresh random jitter and keep their labels.
+
+Our models take [0,1] images (normalisation lives in the model), so the [0,1] image is
+warped; BackdoorBench warps the normalised tensor, which differs only in the colour of the
+zero padding at the border (the clamp keeps sampling inside the image, so it rarely shows).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Attack
+
+
+def identity_grid(size: int) -> torch.Tensor:
+    """[1,H,W,2] sampling grid that reproduces the image under align_corners=True."""
+    t = torch.linspace(-1, 1, size)
+    rows, cols = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack((cols, rows), 2)[None]  # grid_sample wants (x, y)
+
+
+def warp_noise(k: int, size: int, seed: int) -> torch.Tensor:
+    """BackdoorBench's warp field: k x k noise, mean-|.| normalised, bicubic-upsampled, [1,H,W,2]."""
+    gen = torch.Generator().manual_seed(seed)
+    ins = torch.rand(1, 2, k, k, generator=gen) * 2 - 1
+    ins = ins / ins.abs().mean()
+    return F.interpolate(ins, size=size, mode="bicubic", align_corners=True).permute(0, 2, 3, 1)
+
+
+class WaNet(Attack):
+    """Warp every image with one fixed smooth field; cross (noise-mode) samples keep labels."""
+
+    name = "wanet"
+    trains_own_loop = True  # poisons per batch, inside fit's batch_hook
+
+    def __init__(self, target: int = 0, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0,
+                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0):
+        super().__init__(target)
+        if k < 2 or s < 0 or grid_rescale <= 0 or cross_ratio < 0:
+            raise ValueError(f"invalid WaNet settings: k={k}, s={s}, grid_rescale={grid_rescale}, "
+                             f"cross_ratio={cross_ratio}")
+        self.k, self.s, self.grid_rescale, self.cross_ratio, self.seed = k, s, grid_rescale, cross_ratio, seed
+        self.register_buffer("noise_grid", warp_noise(k, size, seed))
+        self.register_buffer("identity_grid", identity_grid(size))
+
+    def grid(self) -> torch.Tensor:
+        """The backdoor warp, [1,H,W,2]."""
+        h = self.identity_grid.shape[1]
+        return ((self.identity_grid + self.s * self.noise_grid / h) * self.grid_rescale).clamp(-1, 1)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        g = self.grid().to(x.dtype).expand(len(x), -1, -1, -1)
+        return F.grid_sample(x, g, align_corners=True)
+
+    def apply_noise(self, x: torch.Tensor, gen: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Noise mode: the backdoor warp plus fresh per-image jitter of up to one pixel."""
+        g = self.grid().to(x.dtype)
+        h = g.shape[1]
+        jitter = torch.rand(len(x), *g.shape[1:], device=x.device, generator=gen, dtype=x.dtype) * 2 - 1
+        return F.grid_sample(x, (g + jitter / h).clamp(-1, 1), align_corners=True)
+
+    def counts(self, batch: int, ratio: float) -> tuple[int, int]:
+        """(backdoor, cross) samples per batch, BackdoorBench's int() rounding."""
+        nb = int(batch * ratio)
+        return nb, min(int(nb * self.cross_ratio), batch - nb)
+
+    def batch_hook(self, ratio: float, seed: int) -> Callable:
+        """fit() hook: the first bd images of each (shuffled) batch go to the target, the next are noise."""
+        gen: dict[str, torch.Generator] = {}
+
+        def hook(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if "g" not in gen:
+                gen["g"] = torch.Generator(device=x.device).manual_seed(seed)
+            nb, nc = self.counts(len(x), ratio)
+            x = torch.cat([self.apply(x[:nb]), self.apply_noise(x[nb : nb + nc], gen["g"]), x[nb + nc :]])
+            return x, torch.cat([torch.full_like(y[:nb], self.target), y[nb:]])
+
+        return hook
+
+    def train_backdoor(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Any,
+                       ratio: float, seed: int, evaluate: Optional[Callable] = None) -> tuple[list[dict], dict]:
+        """Train `model` with on-the-fly warping; returns (history, poison_info)."""
+        from backdoor.train import fit
+        from .training import materialise
+
+        self.to(next(model.parameters()).device)
+        history = fit(model, x_train, y_train, cfg, evaluate=evaluate, batch_hook=self.batch_hook(ratio, seed),
+                      desc="train wanet")
+        nb, nc = self.counts(cfg.batch_size, ratio)
+        gen = torch.Generator(device=next(self.buffers()).device).manual_seed(seed)
+        info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed,
+                           cross=lambda xb: self.apply_noise(xb, gen))
+        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc}
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "k": self.k, "s": self.s, "grid_rescale": self.grid_rescale,
+                "cross_ratio": self.cross_ratio, "size": self.noise_grid.shape[1], "seed": self.seed}
