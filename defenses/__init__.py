@@ -3,12 +3,25 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .abl import ABLConfig, abl
+from .ac import ACConfig, activation_clustering
 from .base import DefenseContext, DefenseResult
+from .common import Budget
 from .finetune import SFTConfig, finetune, super_finetune
+from .fp import FPConfig, fine_pruning
+from .nad import NADConfig, nad
+from .nc import NCConfig, neural_cleanse
+from .spectral import SpectralConfig, spectral
 
 DEFENSES: dict[str, Callable[[DefenseContext], DefenseResult]] = {
     "ft": finetune,
     "sft": super_finetune,
+    "abl": abl,
+    "ac": activation_clustering,
+    "fp": fine_pruning,
+    "nad": nad,
+    "nc": neural_cleanse,
+    "spectral": spectral,
 }
 
 
@@ -19,4 +32,5 @@ def get_defense(name: str) -> Callable[[DefenseContext], DefenseResult]:
     return DEFENSES[name]
 
 
-__all__ = ["DEFENSES", "DefenseContext", "DefenseResult", "SFTConfig", "get_defense"]
+__all__ = ["DEFENSES", "ABLConfig", "ACConfig", "Budget", "DefenseContext", "DefenseResult", "FPConfig",
+           "NADConfig", "NCConfig", "SFTConfig", "SpectralConfig", "get_defense"]

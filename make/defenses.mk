@@ -1,0 +1,31 @@
+# Section 5.4: the six baseline defences, Fig. 5/12/13 (CA vs ASR) and Fig. 6 (cost). See docs/defenses.md.
+#   make figure5 PROFILE=demo    (CIFAR10 in paper/quick; the profile's first dataset otherwise, demo: digits)
+#   make figure12 / figure13     (CIFAR100 / GTSRB)
+#   make figure6                 (device-hours per defence over every dataset and attack of the profile)
+BASELINES     := abl ac fp nad nc spectral
+FIG5_DEFENSES ?= $(BASELINES) ft sft
+FIG6_DEFENSES ?= $(FIG5_DEFENSES)
+
+$(foreach d,$(BASELINES),$(eval $(call defense_rule,$(d))))
+
+# The paper's dataset of a figure, or the profile's first dataset when the profile lacks it.
+fig_dataset = $(if $(filter $(1),$(DATASETS)),$(1),$(firstword $(DATASETS)))
+
+define ca_asr_figure
+$$(FG)/$(1).png: $$(foreach a,$$(ATTACKS),$$(foreach d,$$(FIG5_DEFENSES),$$(RS)/$(2)/$$(a)/$$(d).json))
+	$$(PY) -m figures.figure5 --results $$(RS) --dataset $(2) --attacks "$$(ATTACKS)" --defenses "$$(FIG5_DEFENSES)" --out $$@
+endef
+$(eval $(call ca_asr_figure,figure5,$(call fig_dataset,cifar10)))
+$(eval $(call ca_asr_figure,figure12,$(call fig_dataset,cifar100)))
+$(eval $(call ca_asr_figure,figure13,$(call fig_dataset,gtsrb)))
+
+$(FG)/figure6.png: $(foreach r,$(runs),$(foreach d,$(FIG6_DEFENSES),$(RS)/$(r)/$(d).json))
+	$(PY) -m figures.figure6 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" \
+	  --defenses "$(FIG6_DEFENSES)" --out $@
+
+.PHONY: figure5 figure6 figure12 figure13 baselines
+figure5 figure6 figure12 figure13: $(STAMP)
+	@$(MAKE) --no-print-directory $(FG)/$@.png
+
+baselines: $(STAMP)
+	@$(MAKE) --no-print-directory $(foreach r,$(runs),$(foreach d,$(BASELINES),$(RS)/$(r)/$(d).json))

@@ -1,0 +1,199 @@
+"""Baseline defences (ABL, AC, FP, NAD, NC, Spectral): each mechanism on one BadNets digits model.
+
+One small backdoored model is trained once per session (width 8, no crop so that BadNets
+is learnt in a few epochs) at a 4% poison ratio: AC's relative-size rule can only flag
+poison that is a minority of its label, and at 4% the poison is about 30% of label 0.
+Every defence runs end to end through the registry with tiny budgets.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from backdoor.attacks import make_attack
+from backdoor.metrics import make_evaluator
+from backdoor.models import make_model
+from backdoor.poison import poison_train_set, poisoned_test_set
+from backdoor.train import TrainConfig, fit
+from defenses import (ABLConfig, ACConfig, Budget, DefenseContext, FPConfig, NADConfig, NCConfig, SpectralConfig,
+                      get_defense)
+from defenses.common import Clock, detection_scores, fresh_model
+from defenses.nc import anomaly_index, unlearning_set
+from defenses.presets import PRESETS, defense_params
+
+RATIO, WIDTH, TARGET = 0.04, 8, 0
+BASE = TrainConfig(epochs=1, batch_size=64, lr=0.01, crop_pad=0)
+
+
+def budget(epochs: int, **kw) -> Budget:
+    return Budget(epochs=epochs, cosine_t_max=max(1, epochs), batch_size=64, **kw)
+
+
+@pytest.fixture(scope="session")
+def bd(digits):
+    """A BadNets-backdoored digits model, its poisoned training set and evaluator."""
+    attack = make_attack("badnets", target=TARGET)
+    xp, yp, idx = poison_train_set(digits.x_train, digits.y_train, attack, RATIO, seed=0)
+    x_bd, y_bd = poisoned_test_set(digits.x_test, digits.y_test, attack)
+    evaluate = make_evaluator(digits.x_test, digits.y_test, x_bd, y_bd, TARGET)
+    torch.manual_seed(0)
+    model = make_model("preactresnet18", 10, WIDTH, "digits")
+    cfg = replace(BASE, epochs=10, lr=0.05, schedule="cosine", cosine_t_max=10)
+    history = fit(model, xp, yp, cfg, evaluate=evaluate)
+    assert history[-1]["asr"] > 0.9 and history[-1]["ca"] > 0.85, history[-1]
+    return SimpleNamespace(model=model, xp=xp, yp=yp, idx=idx, data=digits, evaluate=evaluate,
+                           final=history[-1])
+
+
+def run(bd, name: str, **params):
+    """Run a registered defence on a copy of the backdoored model."""
+    ctx = DefenseContext(model=copy.deepcopy(bd.model), x_clean=bd.data.x_train, y_clean=bd.data.y_train,
+                         train=BASE, evaluate=bd.evaluate, x_train=bd.xp, y_train=bd.yp, poison_idx=bd.idx,
+                         num_classes=10, params=params)
+    result = get_defense(name)(ctx)
+    assert result.info["device_hours"] > 0
+    assert result.info["ca"] == result.history[-1]["ca"] and result.info["asr"] == result.history[-1]["asr"]
+    assert result.history[0]["ca"] == pytest.approx(bd.final["ca"])  # epoch 0 is the suspect model
+    print(f"\n{name}: " + json.dumps({k: v for k, v in result.info.items() if not isinstance(v, list)}, default=str))
+    return result
+
+
+def test_nc_flags_the_target_class(bd):
+    res = run(bd, "nc", nc=NCConfig(clean_ratio=0.05, epochs=12, batch_size=128, patience=2,
+                                    unlearn=budget(2)))
+    norms = res.info["mask_norms"]
+    assert res.info["flagged_labels"] == [TARGET]
+    assert res.info["target_anomaly_index"] > 2
+    assert min(range(10), key=norms.__getitem__) == TARGET
+    assert res.history[-1]["stage"] == "unlearn"
+    assert res.info["asr"] < bd.final["asr"]
+
+
+def test_ac_finds_poisoned_samples(bd):
+    res = run(bd, "ac", ac=ACConfig(retrain=budget(0)))
+    assert res.info["detection_recall"] > 5 * RATIO
+    assert res.info["cluster_shares"][TARGET] < 0.35  # the poison cluster of label 0 is the small one
+    # The retrained model is a fresh one: untrained here (0 epochs), so at chance level.
+    assert res.info["ca"] < 0.3
+
+
+def test_spectral_finds_poisoned_samples_and_removes_its_quota(bd):
+    cfg = SpectralConfig(eps=0.1, retrain=budget(0))
+    res = run(bd, "spectral", spectral=cfg)
+    counts = torch.bincount(bd.yp, minlength=10)
+    assert res.info["num_flagged"] == sum(round(1.5 * 0.1 * int(n)) for n in counts)
+    assert res.info["detection_recall"] > 3 * RATIO
+    # Within the target label the removed quota is (almost) all poison.
+    quota = round(1.5 * 0.1 * int(counts[TARGET]))
+    assert res.info["detection_precision"] * res.info["num_flagged"] >= 0.8 * quota
+
+
+def test_fp_removes_channels_and_keeps_accuracy(bd):
+    res = run(bd, "fp", fp=FPConfig(clean_ratio=0.1, prune_step=4, finetune=budget(2)))
+    model, pruned = res.model, res.info["pruned_channels"]
+    zero_cols = (res.model.linear.weight.abs().sum(0) == 0).nonzero().flatten()
+    assert pruned > 0 and len(zero_cols) == pruned == len(res.info["pruned_index"])
+    assert sorted(zero_cols.tolist()) == sorted(res.info["pruned_index"])
+    # Pruned channels no longer reach the output: changing them changes nothing.
+    x = bd.data.x_test[:32].float() / 255
+    model.eval()
+    with torch.no_grad():
+        ref = model(x)
+        hook = model.layer4.register_forward_hook(lambda m, i, o: o.index_add(1, zero_cols, torch.ones_like(o[:, zero_cols]) * 5))
+        moved = model(x)
+        hook.remove()
+    assert torch.allclose(ref, moved, atol=1e-5)
+    assert res.info["ca"] >= 0.9 * bd.final["ca"]
+
+
+def test_nad_attention_loss_decreases(bd):
+    res = run(bd, "nad", nad=NADConfig(clean_ratio=0.1, teacher=budget(2), epochs=3, lr_drop_epoch=2,
+                                       batch_size=64))
+    assert res.info["at_loss_after"] < 0.5 * res.info["at_loss_before"]
+    assert [r["stage"] for r in res.history[1:]] == ["distil"] * 3
+
+
+def test_abl_isolates_mostly_poison_at_the_configured_fraction(bd):
+    cfg = ABLConfig(tuning=budget(3, weight_decay=1e-4), isolation_ratio=0.01, finetune=budget(1),
+                    finetune_drop_epoch=1, unlearn=budget(1, lr=1e-4))
+    res = run(bd, "abl", abl=cfg)
+    assert res.info["num_flagged"] == round(0.01 * len(bd.xp))
+    assert res.info["detection_precision"] > 0.5
+    assert [r["stage"] for r in res.history[1:]] == ["tuning"] * 3 + ["finetune", "unlearn"]
+
+
+# ---- pieces, no training ------------------------------------------------------------------
+
+def test_anomaly_index_is_mad_scaled_distance():
+    norms = torch.tensor([10.0, 50.0, 52.0, 48.0, 51.0, 49.0])
+    idx = anomaly_index(norms)
+    med, mad = 49.5, 1.4826 * 1.5  # medians of [10, 48..52] and of the deviations [0.5, 0.5, 1.5, 1.5, 2.5, 39.5]
+    assert idx[0].item() == pytest.approx((med - 10) / mad, rel=1e-5)
+    assert idx[0] > 2 and (idx[1:] < 2).all()
+    assert (anomaly_index(torch.ones(4)) == 0).all()
+
+
+def test_unlearning_set_stamps_the_last_share_and_keeps_labels():
+    x = torch.full((10, 3, 4, 4), 100, dtype=torch.uint8)
+    y = torch.arange(10)
+    mask = torch.zeros(1, 1, 4, 4)
+    mask[..., 0, 0] = 1.0
+    pattern = torch.ones(1, 3, 4, 4)
+    xu, yu = unlearning_set(x, y, [(mask, pattern)], ratio=0.2)
+    assert torch.equal(yu, y)
+    assert (xu[8:, :, 0, 0] == 255).all() and (xu[:8] == 100).all()
+    assert (xu[8:, :, 1:, :] == 100).all()
+
+
+def test_detection_scores_exact():
+    s = detection_scores(torch.tensor([1, 2, 3, 9]), torch.tensor([2, 3, 5]))
+    assert s == {"num_flagged": 4, "detection_precision": 0.5, "detection_recall": 2 / 3}
+
+
+def test_clock_does_not_charge_monitoring():
+    clock = Clock(torch.device("cpu"))
+    monitored = clock.monitor(lambda m: time.sleep(0.3) or {"ca": 1.0})
+    assert monitored(None) == {"ca": 1.0}
+    time.sleep(0.1)
+    assert clock.excluded >= 0.3
+    assert 0.1 <= clock.hours() * 3600 < 0.25
+
+
+def test_fresh_model_reinitialises_every_layer():
+    torch.manual_seed(1)
+    m = make_model("preactresnet18", 10, 4, "cifar10")
+    with torch.no_grad():
+        for p in m.parameters():
+            p.fill_(0.123)
+    new = fresh_model(m, seed=0)
+    assert all(not torch.all(p == 0.123) for n, p in new.named_parameters() if not n.endswith("bias"))
+    assert torch.equal(new.mean, m.mean) and torch.equal(new.std, m.std)
+
+
+def test_bad_configs_and_missing_data_fail_in_one_line(digits):
+    with pytest.raises(ValueError, match="reduction"):
+        ACConfig(reduce="tsne")
+    with pytest.raises(ValueError, match="isolation_ratio"):
+        ABLConfig(isolation_ratio=0)
+    with pytest.raises(ValueError, match="eps"):
+        SpectralConfig(eps=0.9)
+    with pytest.raises(ValueError, match="unknown defense"):
+        get_defense("nope")
+    ctx = DefenseContext(model=make_model("preactresnet18", 10, 4), x_clean=digits.x_train, y_clean=digits.y_train,
+                         train=BASE)
+    for name in ("ac", "spectral", "abl"):
+        with pytest.raises(ValueError, match="x_train"):
+            get_defense(name)(ctx)
+
+
+def test_presets_cover_every_baseline_for_small_profiles():
+    for profile in ("quick", "demo", "smoke"):
+        assert set(PRESETS[profile]) == {"abl", "ac", "fp", "nad", "nc", "spectral"}
+    assert defense_params("paper") == {}
+    assert PRESETS["demo"]["ac"].retrain.cosine_t_max == PRESETS["demo"]["ac"].retrain.epochs
