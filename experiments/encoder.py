@@ -1,0 +1,233 @@
+"""Encoder-based scenario (paper Sections 4.4 and 5.1, Fig. 2): SimCLR -> BadEncoder -> downstream.
+
+    python -m experiments.encoder pretrain   --profile demo --pretrain digits
+    python -m experiments.encoder badencoder --profile demo --pretrain digits --downstream digits
+    python -m experiments.encoder downstream --profile demo --pretrain digits --downstream digits --mode whole
+
+Modes: `classifier` (backdoored encoder frozen, MLP head trained: BadEncoder's setting),
+`whole` (backdoored encoder and head fine-tuned: the paper's), `clean` (clean encoder frozen:
+BadEncoder's ASR-B baseline). Each call writes one checkpoint and/or results JSON under
+artifacts/{checkpoints,results}/<profile>/encoder/<pretrain>/[<downstream>/].
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+
+from backdoor.attacks.badencoder import BadEncoder, train_badencoder
+from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
+from backdoor.data import ImageData
+from backdoor.models import ENCODER_STATS, DownstreamClassifier, SimCLRModel
+from backdoor.ssl import knn_accuracy, pretrain_simclr
+from backdoor.train import TrainConfig, fit
+from experiments.common import (ARTIFACTS, evaluator_for, jsonable, load_data, resolve_device, run_main, setup,
+                                write_result)
+
+MODES = ("classifier", "whole", "clean")
+# Target class per downstream task: BadEncoder's references (STL10 truck 9, SVHN one 1; its
+# STL10-pretrained encoder attacks CIFAR10 with an airplane, class 0); digits: 0 as elsewhere.
+TARGETS = {"cifar10": 0, "stl10": 9, "svhn": 1, "gtsrb": 12, "digits": 0}
+PRETRAIN_DATA = {"stl10": "stl10_unlabeled"}  # SimCLR/shadow images: STL10's unlabelled split
+
+SIMCLR = TrainConfig(epochs=1000, batch_size=256, lr=3e-4, optimizer="adam", weight_decay=1e-6, crop_pad=0)
+BADENCODER = TrainConfig(epochs=200, batch_size=256, lr=0.001, momentum=0.9, weight_decay=5e-4, crop_pad=0)
+DOWNSTREAM = TrainConfig(epochs=200, batch_size=64, lr=3e-4, optimizer="adam", weight_decay=0.0, crop_pad=0)
+
+
+@dataclass(frozen=True)
+class EncoderProfile:
+    """Sizes and budgets of the encoder scenario; `paper` follows Section 4.4 and BadEncoder's code."""
+
+    name: str
+    pretrain_sets: tuple[str, ...]
+    downstream_sets: tuple[str, ...]
+    width: int  # ResNet-18 base width (64 = paper, 512-d features)
+    simclr: TrainConfig
+    badencoder: TrainConfig
+    downstream: TrainConfig
+    shadow_size: int  # shadow images (first n of a seeded shuffle of the pre-training set)
+    temperature: float = 0.5
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    seed: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PROFILES: dict[str, EncoderProfile] = {
+    "paper": EncoderProfile("paper", ("cifar10", "stl10"), ("cifar10", "stl10", "svhn"), 64,
+                            SIMCLR, BADENCODER, DOWNSTREAM, shadow_size=50_000),
+    "quick": EncoderProfile("quick", ("cifar10", "stl10"), ("cifar10", "stl10", "svhn"), 64,
+                            replace(SIMCLR, epochs=50), replace(BADENCODER, epochs=20),
+                            replace(DOWNSTREAM, epochs=20, batch_size=256), shadow_size=10_000),
+    # CPU: SimCLR is the expensive step, so it gets a few epochs only; BadEncoder's LR is
+    # raised because its 200-epoch budget is cut to a handful of steps.
+    "demo": EncoderProfile("demo", ("digits",), ("digits",), 8,
+                           replace(SIMCLR, epochs=3, batch_size=128, lr=1e-3), replace(BADENCODER, epochs=3, batch_size=128, lr=0.01),
+                           replace(DOWNSTREAM, epochs=8, channels_last=False), shadow_size=1400),
+    "smoke": EncoderProfile("smoke", ("digits",), ("digits",), 4,
+                            replace(SIMCLR, epochs=1, batch_size=128), replace(BADENCODER, epochs=1, batch_size=128, lr=0.01),
+                            replace(DOWNSTREAM, epochs=2, channels_last=False), shadow_size=256),
+}
+
+
+def get_profile(name: str) -> EncoderProfile:
+    """Look up an encoder profile; unknown names fail with the valid list."""
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
+    return PROFILES[name]
+
+
+def enc_dir(kind: str, prof: EncoderProfile, pretrain: str, downstream: str | None = None) -> Path:
+    """artifacts/<kind>/<profile>/encoder/<pretrain>[/<downstream>]."""
+    d = ARTIFACTS / kind / prof.name / "encoder" / pretrain
+    return d / downstream if downstream else d
+
+
+def _arch(prof: EncoderProfile, pretrain: str) -> dict:
+    return {"name": "simclr_resnet18", "width": prof.width, "dataset": pretrain}
+
+
+def build_encoder_model(arch: dict) -> SimCLRModel:
+    """SimCLR model (encoder f + projection g) normalising as its pre-training set's encoder does."""
+    mean, std = ENCODER_STATS.get(arch["dataset"], ((0.0,) * 3, (1.0,) * 3))
+    return SimCLRModel(arch["width"], mean, std)
+
+
+def load_encoder(path: Path, device: torch.device) -> tuple[SimCLRModel, dict, dict]:
+    """(SimCLR model, meta, tensors) from a checkpoint written by `pretrain` or `badencoder`."""
+    tensors, meta = load_checkpoint(path)
+    model = build_encoder_model(meta["arch"])
+    load_state_into(model, split(tensors, "model"), what="encoder")
+    return model.to(device), meta, tensors
+
+
+def _knn(model: SimCLRModel, data: ImageData) -> float:
+    return knn_accuracy(model.f, data.x_train, data.y_train, data.x_test, data.y_test)
+
+
+def pretrain(args: argparse.Namespace) -> None:
+    """SimCLR on the pre-training set's (unlabelled) training images; kNN accuracy before and after."""
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    setup(f"simclr pretrain on {args.pretrain} ({prof.name})",
+          {"simclr": prof.simclr, "width": prof.width, "temperature": prof.temperature, "device": device})
+    images = load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train
+    labelled = load_data(args.pretrain)
+    torch.manual_seed(prof.seed)
+    model = build_encoder_model(_arch(prof, args.pretrain)).to(device)
+    knn_before = _knn(model, labelled)
+    history = pretrain_simclr(model, images, replace(prof.simclr, seed=prof.seed), temperature=prof.temperature)
+    seconds = sum(r["seconds"] for r in history)
+    meta = {"arch": _arch(prof, args.pretrain), "profile": prof.name, "simclr": prof.simclr, "images": len(images),
+            "temperature": prof.temperature, "knn_before": knn_before, "knn": _knn(model, labelled),
+            "train_seconds": seconds, "device": str(device)}
+    write_result(enc_dir("results", prof, args.pretrain) / "simclr.json", {**meta, "history": history})
+    save_model(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", model, jsonable(meta))
+    print(f"simclr: kNN {meta['knn_before']:.3f} -> {meta['knn']:.3f}  ({seconds:.0f} s training)")
+
+
+def pick_reference(data: ImageData, target: int, seed: int) -> int:
+    """Index into the downstream test set of one seeded-random image of class `target`."""
+    candidates = (data.y_test == target).nonzero().flatten()
+    if not len(candidates):
+        raise ValueError(f"the downstream test set has no image of target class {target}")
+    return int(candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[0]])
+
+
+def shadow_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """First n of a seeded shuffle of the pre-training images (BadEncoder: all 50,000 of CIFAR10)."""
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
+def badencoder(args: argparse.Namespace) -> None:
+    """Backdoor the clean encoder for one downstream task (its target class and reference image)."""
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    model, clean_meta, _ = load_encoder(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", device)
+    down = load_data(args.downstream)
+    target = TARGETS.get(args.downstream, 0)
+    ref_idx = pick_reference(down, target, prof.seed)
+    attack = BadEncoder(target).set_reference(down.x_test[ref_idx : ref_idx + 1]).to(device)
+    shadow = shadow_images(load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train, prof.shadow_size, prof.seed)
+    setup(f"badencoder {args.pretrain} -> {args.downstream} ({prof.name})",
+          {"badencoder": prof.badencoder, "target": target, "reference_index": ref_idx, "shadow": len(shadow),
+           "lambda1": prof.lambda1, "lambda2": prof.lambda2, "device": device})
+    history = train_badencoder(model.f, shadow, attack, replace(prof.badencoder, seed=prof.seed),
+                               prof.lambda1, prof.lambda2)
+    seconds = sum(r["seconds"] for r in history)
+    meta = {"arch": clean_meta["arch"], "profile": prof.name, "pretrain": args.pretrain, "downstream": args.downstream,
+            "attack": {"name": attack.name, "params": attack.params()}, "target": target,
+            "reference": {"dataset": args.downstream, "split": "test", "index": ref_idx, "seed": prof.seed},
+            "badencoder": prof.badencoder, "lambda1": prof.lambda1, "lambda2": prof.lambda2, "shadow": len(shadow),
+            "final": history[-1], "train_seconds": seconds, "device": str(device)}
+    write_result(enc_dir("results", prof, args.pretrain, args.downstream) / "badencoder.json",
+                 {**meta, "history": history})
+    save_model(enc_dir("checkpoints", prof, args.pretrain, args.downstream) / "badencoder.safetensors", model,
+               jsonable(meta), attack)
+    f = history[-1]
+    print(f"badencoder: L0 {f['l0']:.3f}  L1 {f['l1']:.3f}  L2 {f['l2']:.3f}  ({seconds:.0f} s training)")
+
+
+def downstream_attack(prof: EncoderProfile, pretrain: str, down: str, device: torch.device) -> tuple[BadEncoder, dict]:
+    """The BadEncoder attack (trigger, target) stored with the backdoored encoder."""
+    tensors, meta = load_checkpoint(enc_dir("checkpoints", prof, pretrain, down) / "badencoder.safetensors")
+    attack = BadEncoder(**meta["attack"]["params"])
+    load_state_into(attack, split(tensors, "attack"), what="attack")
+    return attack.to(device), meta
+
+
+def downstream(args: argparse.Namespace) -> None:
+    """Train the MLP head (and, in `whole` mode, the encoder) on the downstream task; CA/ASR per epoch."""
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    attack, bd_meta = downstream_attack(prof, args.pretrain, args.downstream, device)
+    name = "simclr" if args.mode == "clean" else "badencoder"
+    ckpt = enc_dir("checkpoints", prof, args.pretrain, None if args.mode == "clean" else args.downstream)
+    encoder_model, _, _ = load_encoder(ckpt / f"{name}.safetensors", device)
+    cfg = replace(prof.downstream, seed=prof.seed)
+    setup(f"downstream {args.pretrain} -> {args.downstream}, mode {args.mode} ({prof.name})",
+          {"downstream": cfg, "encoder": ckpt / f"{name}.safetensors", "target": attack.target, "device": device})
+    data = load_data(args.downstream)
+    torch.manual_seed(prof.seed)
+    model = DownstreamClassifier(encoder_model.f, data.num_classes, freeze_encoder=args.mode != "whole").to(device)
+    params = list(model.head.parameters()) if model.frozen else None
+    history = fit(model, data.x_train, data.y_train, cfg, evaluate=evaluator_for(data, attack, device),
+                  params=params, desc=f"downstream {args.mode}")
+    seconds = sum(r["seconds"] for r in history)
+    info = {"profile": prof.name, "pretrain": args.pretrain, "downstream": args.downstream, "mode": args.mode,
+            "encoder": name, "target": attack.target, "reference": bd_meta["reference"], "train": cfg,
+            "first_epoch_seconds": history[1]["seconds"] if len(history) > 1 else None,
+            "first_epoch_device_hours": history[1]["seconds"] / 3600 if len(history) > 1 else None,
+            "train_seconds": seconds, "final": history[-1], "device": str(device)}
+    write_result(enc_dir("results", prof, args.pretrain, args.downstream) / f"{args.mode}.json",
+                 {**info, "history": history})
+    h1 = history[min(1, len(history) - 1)]
+    print(f"{args.mode}: epoch 1 CA {h1['ca']:.3f} ASR {h1['asr']:.3f} ({h1['seconds']:.1f} s); "
+          f"final CA {history[-1]['ca']:.3f} ASR {history[-1]['asr']:.3f} ({seconds:.0f} s training)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["pretrain", "badencoder", "downstream", "field"])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--pretrain", help="pre-training set: cifar10, stl10, digits")
+    ap.add_argument("--downstream", help="downstream task: cifar10, stl10, svhn, digits")
+    ap.add_argument("--mode", choices=MODES, help="for `downstream`")
+    ap.add_argument("--name", help="for `field`: print this profile field (space-separated if a list)")
+    ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    args = ap.parse_args(argv)
+    if args.step == "field":
+        value = getattr(get_profile(args.profile), args.name)
+        print(" ".join(value) if isinstance(value, tuple) else value)
+        return
+    if not args.pretrain or (args.step != "pretrain" and not args.downstream):
+        ap.error(f"{args.step} needs --pretrain" + ("" if args.step == "pretrain" else " and --downstream"))
+    if args.step == "downstream" and not args.mode:
+        ap.error("downstream needs --mode (classifier, whole or clean)")
+    run_main({"pretrain": pretrain, "badencoder": badencoder, "downstream": downstream}[args.step], args)
+
+
+if __name__ == "__main__":
+    main()
