@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 
 from backdoor.attacks import make_attack
-from backdoor.checkpoint import save_model
+from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
+from backdoor.data import ImageData
 from backdoor.models import make_model
-from backdoor.poison import poison_train_set
-from backdoor.train import fit
+from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
 from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
                                 run_main, setup, write_result)
@@ -25,7 +26,7 @@ from experiments.profiles import get_profile
 
 
 def train(args: argparse.Namespace) -> None:
-    """Poison the training set, train the backdoored model, save checkpoint + history."""
+    """Train the backdoored model with the attack's own procedure; save checkpoint, poisoned set, history."""
     prof, device = get_profile(args.profile), resolve_device(args.device)
     cfg = prof.train_config(args.dataset)
     attack_params = {"target": prof.target, **({"key_image": args.key_image} if args.key_image else {})}
@@ -34,20 +35,20 @@ def train(args: argparse.Namespace) -> None:
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
            "device": device})
     data = load_data(args.dataset)
-    xp, yp, idx = poison_train_set(data.x_train, data.y_train, attack, prof.poison_ratio, prof.seed)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
-    history = fit(model, xp, yp, cfg, evaluate=evaluator_for(data, attack, device), desc=f"train {args.attack}")
+    history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed)
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},
             "attack": {"name": args.attack, "params": attack.params()}, "profile": prof.name, "train": cfg,
-            "poison_ratio": prof.poison_ratio, "num_poisoned": len(idx), "seed": prof.seed,
+            "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
-    out = run_dir("results", prof.name, args.dataset, args.attack)
-    write_result(out / "backdoor.json", {**meta, "history": history, "poison_idx": idx.tolist()})
-    save_model(run_dir("checkpoints", prof.name, args.dataset, args.attack) / "backdoor.safetensors",
-               model, jsonable(meta), attack)
+    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
+    save_poisoned_set(ck / "poison.safetensors", data, info)
+    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "backdoor.json",
+                 {**meta, "history": history})
+    save_model(ck / "backdoor.safetensors", model, jsonable(meta), attack)
     print(f"backdoored: CA {history[-1]['ca']:.3f}  ASR {history[-1]['asr']:.3f}  ({seconds:.0f} s training)")
 
 
@@ -61,9 +62,11 @@ def defend(args: argparse.Namespace) -> None:
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
           {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device})
     data = load_data(args.dataset)
+    x_train, y_train, poison_idx = load_poisoned_set(ckpt.with_name("poison.safetensors"), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
-                         evaluate=evaluator_for(data, attack, device), num_classes=data.num_classes,
-                         params={"sft": prof.sft})
+                         evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
+                         poison_idx=poison_idx, num_classes=data.num_classes,
+                         params={"sft": prof.sft, **prof.defense_params})
     t0 = time.perf_counter()
     result = defense(ctx)
     seconds = time.perf_counter() - t0
@@ -78,6 +81,23 @@ def defend(args: argparse.Namespace) -> None:
                  {**info, "history": result.history})
     print(f"{args.defense}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  "
           f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; {seconds:.0f} s)")
+
+
+def save_poisoned_set(path: Path, data: ImageData, info: dict) -> None:
+    """Store only what poisoning changed (rows and labels), so defences see the adversary's training set."""
+    changed = (info["x_train"] != data.x_train).flatten(1).any(1) | (info["y_train"] != data.y_train)
+    idx = changed.nonzero().flatten()
+    save_checkpoint(path, {"changed_idx": idx, "x_changed": info["x_train"][idx], "y_train": info["y_train"],
+                           "poison_idx": torch.as_tensor(info["poison_idx"], dtype=torch.long)},
+                    {"dataset": data.name, "num_poisoned": int(info["num_poisoned"])})
+
+
+def load_poisoned_set(path: Path, data: ImageData) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x_train, y_train, poison_idx) of the adversary's training set, rebuilt from the clean one."""
+    t, _ = load_checkpoint(path)
+    x = data.x_train.clone()
+    x[t["changed_idx"]] = t["x_changed"]
+    return x, t["y_train"], t["poison_idx"]
 
 
 def main(argv: list[str] | None = None) -> None:
