@@ -58,10 +58,8 @@ def main() -> None:
         ax.annotate("better", xy=(0.97, 0.03), xytext=(0.70, 0.25), fontsize=8, color="gray",
                     arrowprops={"arrowstyle": "->", "color": "gray"})
     axes[0][0].set_ylabel("ASR")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8, frameon=True)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=True)
     fig.suptitle(label(args.dataset), fontsize=11)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
     save(fig, args.out)
 
 

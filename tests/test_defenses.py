@@ -1,9 +1,8 @@
 """Baseline defences (ABL, AC, FP, NAD, NC, Spectral): each mechanism on one BadNets digits model.
 
 One small backdoored model is trained once per session (width 8, no crop so that BadNets
-is learnt in a few epochs) at a 4% poison ratio: AC's relative-size rule can only flag
-poison that is a minority of its label, and at 4% the poison is about 30% of label 0.
-Every defence runs end to end through the registry with tiny budgets.
+is learnt in a few epochs, 10% poison as in the paper). Every defence runs end to end
+through the registry with tiny budgets.
 """
 from __future__ import annotations
 
@@ -27,7 +26,7 @@ from defenses.common import Clock, detection_scores, fresh_model
 from defenses.nc import anomaly_index, unlearning_set
 from defenses.presets import PRESETS, defense_params
 
-RATIO, WIDTH, TARGET = 0.04, 8, 0
+RATIO, WIDTH, TARGET = 0.1, 8, 0
 BASE = TrainConfig(epochs=1, batch_size=64, lr=0.01, crop_pad=0)
 
 
@@ -44,18 +43,20 @@ def bd(digits):
     evaluate = make_evaluator(digits.x_test, digits.y_test, x_bd, y_bd, TARGET)
     torch.manual_seed(0)
     model = make_model("preactresnet18", 10, WIDTH, "digits")
-    cfg = replace(BASE, epochs=10, lr=0.05, schedule="cosine", cosine_t_max=10)
+    cfg = replace(BASE, epochs=6, lr=0.01, schedule="cosine", cosine_t_max=6)
     history = fit(model, xp, yp, cfg, evaluate=evaluate)
     assert history[-1]["asr"] > 0.9 and history[-1]["ca"] > 0.85, history[-1]
     return SimpleNamespace(model=model, xp=xp, yp=yp, idx=idx, data=digits, evaluate=evaluate,
                            final=history[-1])
 
 
-def run(bd, name: str, **params):
-    """Run a registered defence on a copy of the backdoored model."""
+def run(bd, name: str, keep: torch.Tensor | None = None, **params):
+    """Run a registered defence on a copy of the backdoored model (training set: `keep` rows, default all)."""
+    keep = torch.arange(len(bd.xp)) if keep is None else keep
+    poison_idx = torch.isin(keep, bd.idx).nonzero().flatten()
     ctx = DefenseContext(model=copy.deepcopy(bd.model), x_clean=bd.data.x_train, y_clean=bd.data.y_train,
-                         train=BASE, evaluate=bd.evaluate, x_train=bd.xp, y_train=bd.yp, poison_idx=bd.idx,
-                         num_classes=10, params=params)
+                         train=BASE, evaluate=bd.evaluate, x_train=bd.xp[keep], y_train=bd.yp[keep],
+                         poison_idx=poison_idx, num_classes=10, params=params)
     result = get_defense(name)(ctx)
     assert result.info["device_hours"] > 0
     assert result.info["ca"] == result.history[-1]["ca"] and result.info["asr"] == result.history[-1]["asr"]
@@ -76,8 +77,13 @@ def test_nc_flags_the_target_class(bd):
 
 
 def test_ac_finds_poisoned_samples(bd):
-    res = run(bd, "ac", ac=ACConfig(retrain=budget(0)))
-    assert res.info["detection_recall"] > 5 * RATIO
+    # AC's relative-size rule flags only poison that is a minority of its label; at 10% poison it is
+    # half of label 0, so AC inspects a training set holding 3 in 10 of the poisoned images (3%).
+    clean = torch.ones(len(bd.xp), dtype=torch.bool)
+    clean[bd.idx] = False
+    keep = torch.cat([clean.nonzero().flatten(), bd.idx[: len(bd.idx) * 3 // 10]]).sort().values
+    res = run(bd, "ac", keep=keep, ac=ACConfig(retrain=budget(0)))
+    assert res.info["detection_recall"] > 0.5  # poison is 3% of this set
     assert res.info["cluster_shares"][TARGET] < 0.35  # the poison cluster of label 0 is the small one
     # The retrained model is a fresh one: untrained here (0 epochs), so at chance level.
     assert res.info["ca"] < 0.3
@@ -88,7 +94,7 @@ def test_spectral_finds_poisoned_samples_and_removes_its_quota(bd):
     res = run(bd, "spectral", spectral=cfg)
     counts = torch.bincount(bd.yp, minlength=10)
     assert res.info["num_flagged"] == sum(round(1.5 * 0.1 * int(n)) for n in counts)
-    assert res.info["detection_recall"] > 3 * RATIO
+    assert res.info["detection_recall"] > 2 * RATIO
     # Within the target label the removed quota is (almost) all poison.
     quota = round(1.5 * 0.1 * int(counts[TARGET]))
     assert res.info["detection_precision"] * res.info["num_flagged"] >= 0.8 * quota
@@ -197,3 +203,20 @@ def test_presets_cover_every_baseline_for_small_profiles():
         assert set(PRESETS[profile]) == {"abl", "ac", "fp", "nad", "nc", "spectral"}
     assert defense_params("paper") == {}
     assert PRESETS["demo"]["ac"].retrain.cosine_t_max == PRESETS["demo"]["ac"].retrain.epochs
+
+
+def test_figure_readers_pick_final_rows_and_costs(tmp_path):
+    from figures.figure5 import points
+    from figures.figure6 import costs
+
+    run_dir = tmp_path / "digits" / "badnets"
+    run_dir.mkdir(parents=True)
+    (run_dir / "backdoor.json").write_text(json.dumps({"final": {"ca": 0.9, "asr": 1.0}}))
+    for i, d in enumerate(("ac", "sft")):
+        (run_dir / f"{d}.json").write_text(json.dumps({"final": {"ca": 0.5 + i / 10, "asr": 0.2 - i / 10},
+                                                       "device_hours": 0.25 * (i + 1), "device": "cpu"}))
+    assert points(tmp_path, "digits", "badnets", ["ac", "sft"]) == {"undefended": (0.9, 1.0), "ac": (0.5, 0.2),
+                                                                     "sft": (0.6, 0.1)}
+    assert costs(tmp_path, ["digits"], ["badnets"], ["ac", "sft"]) == ({"ac": [0.25], "sft": [0.5]}, {"cpu"})
+    with pytest.raises(FileNotFoundError, match="make target"):
+        points(tmp_path, "digits", "badnets", ["nc"])
