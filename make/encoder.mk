@@ -1,0 +1,33 @@
+# Encoder-based scenario (Fig. 2): SimCLR -> BadEncoder -> downstream (classifier-only, whole model).
+#   make figure2 PROFILE=demo      whole chain on digits, CPU
+#   make figure2                   paper: pre-train cifar10 + stl10; downstream cifar10, stl10, svhn
+# Lists come from experiments/encoder.py's EncoderProfile; computed only when figure2 runs.
+ENC_MODES := classifier whole clean
+ENC_CK     = $(CK)/encoder
+ENC_RS     = $(RS)/encoder
+enc_field  = $(shell $(PY) -m experiments.encoder field --profile $(PROFILE) --name $(1))
+ENC_PRE   ?=
+ENC_DOWN  ?=
+
+.PHONY: figure2
+
+figure2: $(STAMP)
+	@$(MAKE) --no-print-directory $(FG)/figure2.png \
+	  ENC_PRE="$(call enc_field,pretrain_sets)" ENC_DOWN="$(call enc_field,downstream_sets)"
+
+$(ENC_CK)/%/simclr.safetensors: | $(STAMP)
+	$(PY) -m experiments.encoder pretrain --profile $(PROFILE) --pretrain $* $(DEVFLAG)
+
+# One pattern rule per pre-training set, so that the stem is the downstream task alone.
+define enc_rules
+$$(ENC_CK)/$(1)/%/badencoder.safetensors: $$(ENC_CK)/$(1)/simclr.safetensors
+	$$(PY) -m experiments.encoder badencoder --profile $$(PROFILE) --pretrain $(1) --downstream $$* $$(DEVFLAG)
+$(foreach m,$(ENC_MODES),
+$$(ENC_RS)/$(1)/%/$(m).json: $$(ENC_CK)/$(1)/%/badencoder.safetensors
+	$$(PY) -m experiments.encoder downstream --profile $$(PROFILE) --pretrain $(1) --downstream $$* --mode $(m) $$(DEVFLAG)
+)
+endef
+$(foreach p,cifar10 stl10 digits,$(eval $(call enc_rules,$(p))))
+
+$(FG)/figure2.png: $(foreach p,$(ENC_PRE),$(foreach d,$(ENC_DOWN),$(foreach m,$(ENC_MODES),$(ENC_RS)/$(p)/$(d)/$(m).json)))
+	$(PY) -m figures.figure2 --results $(ENC_RS) --pretrain "$(ENC_PRE)" --downstream "$(ENC_DOWN)" --out $@
