@@ -1,0 +1,17 @@
+# Table 1: a clean image and the same image under each of the five attacks (+ amplified residual).
+#   make table1 PROFILE=demo     (digits; needs the standalone backdoor checkpoints, trained on demand)
+# Triggers are read from $(CK)/<dataset>/<attack>/backdoor.safetensors, so LF and InputAware show
+# the trigger their backdoored model learned. See docs/attacks.md.
+T1_ATTACKS  ?= badnets blended lf inputaware wanet
+T1_DATASETS ?= $(DATASETS)
+
+.PHONY: table1
+table1: $(STAMP)
+	@$(MAKE) --no-print-directory $(FG)/table1.png
+
+$(RS)/table1.safetensors: $(foreach d,$(T1_DATASETS),$(foreach a,$(T1_ATTACKS),$(CK)/$(d)/$(a)/backdoor.safetensors))
+	$(PY) -m experiments.table1 --profile $(PROFILE) --datasets "$(T1_DATASETS)" --attacks "$(T1_ATTACKS)" \
+	  --out $@ $(DEVFLAG)
+
+$(FG)/table1.png: $(RS)/table1.safetensors
+	$(PY) -m figures.table1 $< --out $@
