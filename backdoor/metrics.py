@@ -47,3 +47,41 @@ def make_evaluator(
         }
 
     return evaluate
+
+
+# ---- transfer-based scenario: the adversary's target class does not exist downstream ----------
+
+
+def transfer_attack_success_rate(preds: torch.Tensor, y_true: torch.Tensor, num_classes: int) -> tuple[float, int]:
+    """Max over downstream classes c of the share of triggered images with true label != c predicted as c.
+
+    Returns (ASR, the maximising class c; the smallest such c on ties). Images of class c are
+    left out of c's rate, so a model that merely classifies triggered images correctly scores low.
+    """
+    preds, y_true = preds.cpu().long(), y_true.cpu().long()
+    if len(y_true) == 0:
+        return float("nan"), -1
+    hits = torch.bincount(preds, minlength=num_classes)[:num_classes]
+    hits -= torch.bincount(preds[preds == y_true], minlength=num_classes)[:num_classes]
+    others = len(y_true) - torch.bincount(y_true, minlength=num_classes)[:num_classes]
+    rates = torch.where(others > 0, hits.double() / others.clamp(min=1).double(), torch.zeros((), dtype=torch.double))
+    c = int(rates.argmax())
+    return float(rates[c]), c
+
+
+def make_transfer_evaluator(
+    x_test: torch.Tensor, y_test: torch.Tensor, triggered: dict[str, torch.Tensor], num_classes: int
+) -> Callable[[nn.Module], dict[str, float]]:
+    """Return model -> {"ca", "asr_<name>", "asr_class_<name>"} for each triggered copy of the test set.
+
+    `triggered[name]` holds the whole test set with trigger `name` applied, in the order of `y_test`.
+    """
+
+    def evaluate(model: nn.Module) -> dict[str, float]:
+        out = {"ca": accuracy(model, x_test, y_test)}
+        for name, x_bd in triggered.items():
+            out[f"asr_{name}"], out[f"asr_class_{name}"] = transfer_attack_success_rate(
+                predict(model, x_bd), y_test, num_classes)
+        return out
+
+    return evaluate

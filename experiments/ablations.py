@@ -1,0 +1,93 @@
+"""Ablations in the standalone scenario (paper Section 5.5): fine-tuning set size and learning rate.
+
+    python -m experiments.ablations --profile demo --dataset digits --attack badnets --points sft_frac0.1_max0.1
+    python -m experiments.ablations --profile demo --dataset digits --attack blended --points ft_lr0.1 ft_lr0.01
+
+Each point (see `experiments.sweeps`) fine-tunes the standalone backdoored checkpoint once and
+writes `<results>/<dataset>/<attack>/ablation/<point>.json`; a point whose file exists is skipped.
+Fig. 7: SFT on a seeded `fraction` of the clean training set; Fig. 8: FT at a constant LR;
+Fig. 9: SFT on 10% with LR_MAX1 0.1 or 0.3.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+
+import torch
+
+from backdoor.train import steps_per_epoch
+from defenses import DefenseContext, SFTConfig, get_defense
+from experiments.common import evaluator_for, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
+    write_result
+from experiments.profiles import Profile, get_profile
+from experiments.sweeps import AblationPoint, SweepConfig, get_sweeps, parse_point, point_epochs
+
+
+def subset_indices(n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Sorted indices of exactly round(fraction * n) of n images, drawn with `seed`.
+
+    The draw is a prefix of one seeded permutation, so a smaller fraction is a subset of a larger one.
+    """
+    if not 0 < fraction <= 1:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    k = round(fraction * n)
+    if k < 1:
+        raise ValueError(f"fraction {fraction} of {n} images keeps none; use a larger fraction")
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:k].sort().values
+
+
+def point_sft(point: AblationPoint, prof: Profile, sw: SweepConfig, n_full: int) -> SFTConfig:
+    """The profile's SFT schedule with the point's LR_MAX1; on a subset, the full set's half-cycle in steps."""
+    sft = replace(prof.sft, lr_max1=point.lr_max1)
+    if sw.fixed_cycle_steps and sft.half_cycle_epochs is not None:
+        spe_full = steps_per_epoch(n_full, prof.finetune_batch)
+        sft = replace(sft, half_cycle_steps=sft.step_size(spe_full), half_cycle_epochs=None)
+    return sft
+
+
+def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, point: AblationPoint,
+              device: torch.device) -> dict:
+    """Fine-tune the standalone backdoored model once as `point` says; return the results record."""
+    ckpt = run_dir("checkpoints", prof.name, dataset, attack_name) / "backdoor.safetensors"
+    model, attack, _ = load_backdoored(ckpt, device)
+    data = load_data(dataset)
+    idx = subset_indices(len(data.x_train), point.fraction, sw.subset_seed)
+    cfg = replace(prof.finetune_config(dataset), epochs=point_epochs(point, prof, sw))
+    if point.defense == "ft":
+        cfg = replace(cfg, lr=point.lr)
+    sft = point_sft(point, prof, sw, len(data.x_train)) if point.defense == "sft" else None
+    setup(f"ablation {dataset}/{attack_name} {point.name} ({prof.name})",
+          {"finetune": cfg, "sft": sft, "images": len(idx), "checkpoint": ckpt, "device": device})
+    ctx = DefenseContext(model=model, x_clean=data.x_train[idx], y_clean=data.y_train[idx], train=cfg,
+                         evaluate=evaluator_for(data, attack, device), num_classes=data.num_classes,
+                         params={"sft": sft} if sft else {})
+    result = get_defense(point.defense)(ctx)
+    final = result.history[-1]
+    print(f"{point.name}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  ({len(idx)} images)")
+    return {"point": point, "name": point.name, "profile": prof.name, "dataset": dataset, "attack": attack_name,
+            "finetune": cfg, "sft": sft, "subset_size": len(idx), "subset_seed": sw.subset_seed,
+            "train_size": len(data.x_train), "final": final,
+            "train_seconds": sum(r["seconds"] for r in result.history), **result.info, "history": result.history}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--attack", required=True)
+    ap.add_argument("--points", nargs="+", required=True, help="e.g. sft_frac0.1_max0.1 ft_lr0.001")
+    ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    args = ap.parse_args(argv)
+
+    def step(a: argparse.Namespace) -> None:
+        prof, sw, device = get_profile(a.profile), get_sweeps(a.profile), resolve_device(a.device)
+        for point in [parse_point(p) for p in a.points]:
+            out = run_dir("results", prof.name, a.dataset, a.attack) / "ablation" / f"{point.name}.json"
+            if not out.exists():
+                write_result(out, run_point(prof, sw, a.dataset, a.attack, point, device))
+
+    run_main(step, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Transfer-based scenario (paper Sections 2.2 and 5.2, Fig. 3).
+
+The adversary's backdoored model is the standalone one trained on the pre-training set
+(paper: CIFAR100). The user swaps its classification layer for a fresh one sized for the
+downstream task and fine-tunes the whole model with FT or SFT, recording CA and the
+transfer ASR (`backdoor.metrics.transfer_attack_success_rate`) after every epoch.
+
+    python -m experiments.transfer pretrain --profile demo            # the clean reference model
+    python -m experiments.transfer run --profile demo --downstream digits5to9 --attack badnets --defense sft
+    python -m experiments.transfer run --profile demo --downstream digits5to9 --attack clean --defense ft \\
+        --triggers "badnets blended"
+
+`--attack clean` fine-tunes the model pre-trained without poison and measures every listed
+attack's trigger on it: the transfer ASR that means "no backdoor".
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from backdoor.attacks import Attack
+from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
+from backdoor.data import ImageData
+from backdoor.metrics import accuracy, make_transfer_evaluator
+from backdoor.models import make_model
+from backdoor.poison import bake
+from backdoor.train import fit
+from defenses import DefenseContext, get_defense
+from experiments.common import jsonable, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
+    write_result
+from experiments.profiles import Profile, get_profile
+from experiments.sweeps import get_sweeps
+
+TRANSFER_DEFENSES = ("ft", "sft")
+
+
+def _digit_classes(lo: int, hi: int) -> Callable[[], ImageData]:
+    """Digits lo..hi-1 only, relabelled 0..hi-lo-1 (a downstream task built from the embedded data)."""
+
+    def load() -> ImageData:
+        d = load_data("digits")
+        tr, te = (d.y_train >= lo) & (d.y_train < hi), (d.y_test >= lo) & (d.y_test < hi)
+        return ImageData(f"digits{lo}to{hi - 1}", d.x_train[tr], d.y_train[tr] - lo, d.x_test[te], d.y_test[te] - lo,
+                         hi - lo)
+
+    return load
+
+
+# Downstream tasks that are not registry datasets; any name in backdoor.data.DATASETS also works.
+DOWNSTREAM: dict[str, Callable[[], ImageData]] = {"digits5to9": _digit_classes(5, 10)}
+
+
+def load_downstream(name: str) -> ImageData:
+    """A derived task from DOWNSTREAM, else a registry dataset."""
+    return DOWNSTREAM[name]() if name in DOWNSTREAM else load_data(name)
+
+
+def swap_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
+    """Replace `model.linear` by a freshly initialised (seeded) layer with `num_classes` outputs, in place."""
+    old = model.linear
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        new = nn.Linear(old.in_features, num_classes)
+    model.linear = new.to(device=old.weight.device, dtype=old.weight.dtype)
+    model.num_classes = num_classes
+    return model
+
+
+def clean_path(prof: Profile, pretrain: str) -> Path:
+    """The model pre-trained without poison, beside the backdoored ones."""
+    return run_dir("checkpoints", prof.name, pretrain, "clean") / "model.safetensors"
+
+
+def pretrain_clean(args: argparse.Namespace) -> None:
+    """Train the pre-training model exactly as `standalone train` does, minus the poison."""
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    pretrain = get_sweeps(prof.name).pretrain
+    cfg = prof.train_config(pretrain)
+    setup(f"pretrain clean {pretrain} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
+    data = load_data(pretrain)
+    torch.manual_seed(prof.seed)
+    model = make_model("preactresnet18", data.num_classes, prof.width, pretrain).to(device)
+    x_test = data.x_test.to(device)
+    history = fit(model, data.x_train, data.y_train, cfg, desc="pretrain clean",
+                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test)})
+    meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
+                     "dataset": pretrain}, "attack": None, "profile": prof.name, "train": cfg, "seed": prof.seed,
+            "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
+    write_result(run_dir("results", prof.name, pretrain, "clean") / "model.json", {**meta, "history": history})
+    save_model(clean_path(prof, pretrain), model, jsonable(meta))
+    print(f"clean pre-trained: CA {history[-1]['ca']:.3f}")
+
+
+def load_pretrained(prof: Profile, pretrain: str, attack: str, triggers: list[str],
+                    device: torch.device) -> tuple[nn.Module, dict[str, Attack]]:
+    """The pre-trained model (backdoored by `attack`, or `clean`) and the attacks whose triggers to test."""
+    ckpt = lambda a: run_dir("checkpoints", prof.name, pretrain, a) / "backdoor.safetensors"  # noqa: E731
+    if attack != "clean":
+        model, att, _ = load_backdoored(ckpt(attack), device)
+        return model, {attack: att}
+    if not triggers:
+        raise ValueError("--attack clean needs --triggers (the attacks whose triggers to measure)")
+    tensors, meta = load_checkpoint(clean_path(prof, pretrain))
+    arch = meta["arch"]
+    model = make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
+    load_state_into(model, split(tensors, "model"))
+    return model.to(device), {a: load_backdoored(ckpt(a), device)[1] for a in triggers}
+
+
+def run(args: argparse.Namespace) -> None:
+    """Head swap, then FT or SFT on the downstream task; one results JSON per (task, attack, defence)."""
+    prof, sw, device = get_profile(args.profile), get_sweeps(args.profile), resolve_device(args.device)
+    if args.defense not in TRANSFER_DEFENSES:
+        raise ValueError(f"transfer defense must be one of {', '.join(TRANSFER_DEFENSES)}, got {args.defense!r}")
+    model, attacks = load_pretrained(prof, sw.pretrain, args.attack, args.triggers.split(), device)
+    down = load_downstream(args.downstream)
+    swap_head(model, down.num_classes, prof.seed)
+    cfg = replace(prof.finetune_config(args.downstream), epochs=sw.transfer_epochs)
+    setup(f"transfer {sw.pretrain} -> {args.downstream}, {args.attack}, {args.defense} ({prof.name})",
+          {"finetune": cfg, "sft": prof.sft, "triggers": list(attacks), "device": device})
+    # Every downstream test image gets the trigger: the metric leaves out class c's own images per c.
+    triggered = {a: bake(att, down.x_test).to(device) for a, att in attacks.items()}
+    evaluate = make_transfer_evaluator(down.x_test.to(device), down.y_test, triggered, down.num_classes)
+    ctx = DefenseContext(model=model, x_clean=down.x_train, y_clean=down.y_train, train=cfg, evaluate=evaluate,
+                         num_classes=down.num_classes, params={"sft": prof.sft})
+    result = get_defense(args.defense)(ctx)
+    final = result.history[-1]
+    out = run_dir("results", prof.name, "transfer", args.downstream) / args.attack / f"{args.defense}.json"
+    write_result(out, {"profile": prof.name, "pretrain": sw.pretrain, "downstream": args.downstream,
+                       "attack": args.attack, "defense": args.defense, "triggers": list(attacks), "finetune": cfg,
+                       "sft": prof.sft if args.defense == "sft" else None, "final": final,
+                       "train_seconds": sum(r["seconds"] for r in result.history), **result.info,
+                       "history": result.history})
+    print(f"{args.defense}: CA {final['ca']:.3f}  " +
+          "  ".join(f"ASR[{a}] {final[f'asr_{a}']:.3f} (class {final[f'asr_class_{a}']})" for a in attacks))
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["pretrain", "run"])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--downstream", help="for `run`: the user's task (paper: cifar10, gtsrb)")
+    ap.add_argument("--attack", help="for `run`: the pre-trained model's attack, or `clean`")
+    ap.add_argument("--defense", default="ft", help="for `run`: ft or sft")
+    ap.add_argument("--triggers", default="", help="for `--attack clean`: attacks whose triggers to measure")
+    ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    args = ap.parse_args(argv)
+    if args.step == "run" and not (args.downstream and args.attack):
+        ap.error("run needs --downstream and --attack")
+    run_main(pretrain_clean if args.step == "pretrain" else run, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Figure 7: SFT on a fraction of the clean fine-tuning set; final ASR (top) and CA (bottom) per dataset."""
+from __future__ import annotations
+
+import argparse
+
+import matplotlib.pyplot as plt
+
+from experiments.profiles import get_profile
+from experiments.sweeps import figure_points, get_sweeps, read_point
+from figures.style import label, save, use_style
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--datasets", required=True)
+    ap.add_argument("--attacks", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    prof, sw = get_profile(args.profile), get_sweeps(args.profile)
+    datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(7, prof, sw)
+    use_style()
+    fig, axes = plt.subplots(2, len(datasets), figsize=(3.8 * len(datasets), 5.6), squeeze=False, sharey=True)
+    for j, d in enumerate(datasets):
+        for a in attacks:
+            final = [read_point(args.results, d, a, p, prof, sw)[-1] for p in points]
+            for i, metric in enumerate(("asr", "ca")):
+                axes[i][j].plot([p.fraction for p in points], [r[metric] for r in final], marker="o", lw=1.4,
+                                label=label(a))
+        for i, metric in enumerate(("ASR", "CA")):
+            ax = axes[i][j]
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_title(f"{label(d)}: {metric}")
+            ax.set_xlabel("fraction of the fine-tuning set")
+            if j == 0:
+                ax.set_ylabel(metric)
+    axes[0][-1].legend(fontsize=8, frameon=True)
+    save(fig, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Figure 8: conventional FT at several constant LRs; ASR and CA over epochs (rows: dataset x metric)."""
+from __future__ import annotations
+
+import argparse
+
+import matplotlib.pyplot as plt
+import seaborn as sns
+
+from experiments.profiles import get_profile
+from experiments.sweeps import figure_points, get_sweeps, read_point
+from figures.style import label, save, use_style
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--datasets", required=True)
+    ap.add_argument("--attacks", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    prof, sw = get_profile(args.profile), get_sweeps(args.profile)
+    datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(8, prof, sw)
+    colors = sns.color_palette("viridis", len(points))
+    use_style()
+    fig, axes = plt.subplots(2 * len(datasets), len(attacks), figsize=(3.6 * len(attacks), 2.8 * 2 * len(datasets)),
+                             squeeze=False, sharey=True)
+    for k, d in enumerate(datasets):
+        for j, a in enumerate(attacks):
+            for p, color in zip(points, colors):
+                h = read_point(args.results, d, a, p, prof, sw)
+                for i, metric in enumerate(("asr", "ca")):
+                    axes[2 * k + i][j].plot([r["epoch"] for r in h], [r[metric] for r in h], color=color, lw=1.4,
+                                            label=f"LR {p.lr:g}")
+            for i, metric in enumerate(("ASR", "CA")):
+                ax = axes[2 * k + i][j]
+                ax.set_ylim(-0.03, 1.03)
+                ax.set_title(f"{label(d)} / {label(a)}: {metric}")
+                ax.set_xlabel("fine-tuning epoch")
+                if j == 0:
+                    ax.set_ylabel(metric)
+    axes[0][-1].legend(fontsize=8, frameon=True)
+    save(fig, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Figure 9: SFT on a small fraction (10%) of the fine-tuning set, LR_MAX1 0.1 vs 0.3; final ASR and CA.
+
+The x-axis is LR_MAX1 (the paper's caption says "data samples", but every point uses the same 10%).
+"""
+from __future__ import annotations
+
+import argparse
+
+import matplotlib.pyplot as plt
+
+from experiments.profiles import get_profile
+from experiments.sweeps import figure_points, get_sweeps, read_point
+from figures.style import label, save, use_style
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
+    ap.add_argument("--profile", required=True)
+    ap.add_argument("--datasets", required=True)
+    ap.add_argument("--attacks", required=True)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    prof, sw = get_profile(args.profile), get_sweeps(args.profile)
+    datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(9, prof, sw)
+    xs = range(len(points))  # evenly spaced: the LR values are categories here
+    use_style()
+    fig, axes = plt.subplots(2, len(datasets), figsize=(3.4 * len(datasets), 5.6), squeeze=False, sharey=True)
+    for j, d in enumerate(datasets):
+        for a in attacks:
+            final = [read_point(args.results, d, a, p, prof, sw)[-1] for p in points]
+            for i, metric in enumerate(("asr", "ca")):
+                axes[i][j].plot(xs, [r[metric] for r in final], marker="o", lw=1.4, label=label(a))
+        for i, metric in enumerate(("ASR", "CA")):
+            ax = axes[i][j]
+            ax.set_ylim(-0.03, 1.03)
+            ax.set_xticks(list(xs), [f"{p.lr_max1:g}" for p in points])
+            ax.set_xlim(-0.3, len(points) - 0.7)
+            ax.set_title(f"{label(d)}: {metric}")
+            ax.set_xlabel(f"LR_MAX1 (SFT on {sw.small_fraction:.0%} of the fine-tuning set)")
+            if j == 0:
+                ax.set_ylabel(metric)
+    axes[0][-1].legend(fontsize=8, frameon=True)
+    save(fig, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+# Transfer-based scenario (Fig. 3) and the standalone ablations (Fig. 7, 8, 9). See docs/transfer_ablations.md.
+#   make figure3 PROFILE=demo    backdoored pre-trained model -> head swap -> FT / SFT on each downstream task
+#   make figure7 / figure8 / figure9   fine-tuning set fraction / FT learning rate / SFT LR_MAX1 on 10%
+# Sizes come from experiments/sweeps.py (one SweepConfig per profile); each run writes one file.
+comma := ,
+# One Python call per Make run (name=v1,v2 words); lists are read once, not per expansion.
+_SW := $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.sweeps $(PROFILE) make))
+sw   = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(_SW))))
+PRETRAIN   ?= $(call sw,pretrain)
+DOWNSTREAM ?= $(call sw,downstream)
+_TA_ATTACKS  := $(ATTACKS)
+_TA_DATASETS := $(DATASETS)
+_TA_RUNS     := $(foreach d,$(_TA_DATASETS),$(foreach a,$(_TA_ATTACKS),$(d)/$(a)))
+TR            = $(RS)/transfer
+
+# ---- transfer: the backdoored pre-trained models are the standalone checkpoints of $(PRETRAIN)
+$(CK)/$(PRETRAIN)/clean/model.safetensors: | $(STAMP)
+	$(PY) -m experiments.transfer pretrain --profile $(PROFILE) $(DEVFLAG)
+
+define transfer_rule
+$$(TR)/$(1)/$(2)/$(3).json: $$(CK)/$$(PRETRAIN)/$(2)/backdoor.safetensors
+	$$(PY) -m experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack $(2) --defense $(3) $$(DEVFLAG)
+endef
+define transfer_clean_rule
+$$(TR)/$(1)/clean/$(2).json: $$(CK)/$$(PRETRAIN)/clean/model.safetensors \
+  $$(foreach a,$$(_TA_ATTACKS),$$(CK)/$$(PRETRAIN)/$$(a)/backdoor.safetensors)
+	$$(PY) -m experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack clean --defense $(2) \
+	  --triggers "$$(_TA_ATTACKS)" $$(DEVFLAG)
+endef
+$(foreach d,$(DOWNSTREAM),$(foreach f,ft sft,$(eval $(call transfer_clean_rule,$(d),$(f)))\
+  $(foreach a,$(_TA_ATTACKS),$(eval $(call transfer_rule,$(d),$(a),$(f))))))
+
+$(FG)/figure3.png: $(foreach d,$(DOWNSTREAM),$(foreach a,$(_TA_ATTACKS) clean,$(TR)/$(d)/$(a)/ft.json $(TR)/$(d)/$(a)/sft.json))
+	$(PY) -m figures.figure3 --results $(TR) --downstream "$(DOWNSTREAM)" --attacks "$(_TA_ATTACKS)" --out $@
+
+# ---- ablations: one file per (dataset, attack, point); points equal to the standalone FT/SFT run reuse it
+define ablation_rule
+$$(RS)/%/ablation/$(1).json: $$(CK)/%/backdoor.safetensors
+	$$(PY) -m experiments.ablations --profile $$(PROFILE) $$(call runargs,$$*) --points $(1) $$(DEVFLAG)
+endef
+$(foreach p,$(call sw,points),$(eval $(call ablation_rule,$(p))))
+
+define ablation_figure
+$$(FG)/figure$(1).png: $$(foreach r,$$(_TA_RUNS),$$(addprefix $$(RS)/$$(r)/,$$(call sw,files$(1))))
+	$$(PY) -m figures.figure$(1) --results $$(RS) --profile $$(PROFILE) --datasets "$$(_TA_DATASETS)" \
+	  --attacks "$$(_TA_ATTACKS)" --out $$@
+endef
+$(foreach n,7 8 9,$(eval $(call ablation_figure,$(n))))
+
+.PHONY: figure3 figure7 figure8 figure9
+figure3 figure7 figure8 figure9: $(STAMP)
+	@$(MAKE) --no-print-directory $(FG)/$@.png
