@@ -132,11 +132,14 @@ def fit(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x, y = x.to(device), y.to(device)
-    if cfg.channels_last:
+    spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last)
+    # torch 2.14's CPU backward in channels_last corrupts the heap on odd batch sizes: NCHW there.
+    last = len(x) - (spe - 1) * cfg.batch_size if not cfg.drop_last else cfg.batch_size
+    use_cl = cfg.channels_last and (device.type == "cuda" or (cfg.batch_size % 2 == 0 and last % 2 == 0))
+    if use_cl:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model
     opt = make_optimizer(cfg, params if params is not None else model.parameters())
-    spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last)
     sched = (scheduler or make_scheduler(cfg))(opt, spe)
     history = [{"epoch": 0, "lr": opt.param_groups[0]["lr"], "loss": float("nan"), "seconds": 0.0,
                 **(evaluate(model) if evaluate else {})}]
@@ -153,7 +156,7 @@ def fit(
             xb = augment(xb, cfg.crop_pad, cfg.flip, gen)
             if batch_hook is not None:
                 xb, yb = batch_hook(xb, yb, (epoch - 1) * spe + s)
-            if cfg.channels_last:
+            if use_cl:
                 xb = xb.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
                 loss = loss_fn(net, xb, yb) if loss_fn is not None else F.cross_entropy(net(xb), yb)
