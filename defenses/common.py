@@ -23,12 +23,13 @@ class Budget:
     batch_size: int = 256
     cosine_t_max: int = 100  # epochs; BackdoorBench hard-codes 100 whatever the epoch count
     weight_decay: float = 5e-4
+    optimizer: str = "sgd"  # BackdoorBench's defences all use SGD (momentum 0.9)
 
     def config(self, base: TrainConfig, **overrides) -> TrainConfig:
         """`base` (augmentation, precision, seed) with this stage's optimisation settings."""
         settings = dict(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, schedule="cosine",
                         cosine_t_max=self.cosine_t_max, weight_decay=self.weight_decay, momentum=0.9,
-                        optimizer="sgd")
+                        optimizer=self.optimizer)
         return replace(base, **{**settings, **overrides})
 
 
@@ -150,7 +151,8 @@ class Stages:
         """`fit` one stage and append its epochs (its epoch 0 is the previous stage's end)."""
         hist = fit(model, x, y, cfg, desc=stage, **kw)
         base = self.history[-1]["epoch"]
-        self.history += [{**r, "epoch": base + r["epoch"], "stage": stage} for r in hist[1:]]
+        # A 0-epoch stage still changes the result when its model is a fresh one: keep its row.
+        self.history += [{**r, "epoch": base + r["epoch"], "stage": stage} for r in hist[1:] or hist]
         return hist
 
     def add(self, record: dict, stage: str) -> None:
