@@ -15,7 +15,6 @@ from dataclasses import replace
 
 import torch
 
-from backdoor.train import steps_per_epoch
 from defenses import DefenseContext, SFTConfig, get_defense
 from experiments.common import evaluator_for, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
     write_result
@@ -38,11 +37,7 @@ def subset_indices(n: int, fraction: float, seed: int) -> torch.Tensor:
 
 def point_sft(point: AblationPoint, prof: Profile, sw: SweepConfig, n_full: int) -> SFTConfig:
     """The profile's SFT schedule with the point's LR_MAX1; on a subset, the full set's half-cycle in steps."""
-    sft = replace(prof.sft, lr_max1=point.lr_max1)
-    if sw.fixed_cycle_steps and sft.half_cycle_epochs is not None:
-        spe_full = steps_per_epoch(n_full, prof.finetune_batch)
-        sft = replace(sft, half_cycle_steps=sft.step_size(spe_full), half_cycle_epochs=None)
-    return sft
+    return sw.sft_for(replace(prof.sft, lr_max1=point.lr_max1), n_full, prof.finetune_batch)
 
 
 def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, point: AblationPoint,

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Optional
 
+from backdoor.train import steps_per_epoch
+from defenses.finetune import SFTConfig
 from experiments.common import read_json
 from experiments.profiles import Profile, get_profile
 
@@ -32,13 +34,23 @@ class SweepConfig:
     lr_max1s: tuple[float, ...]  # Fig. 9: SFT peak LR of phase 1
     small_fraction: float = 0.1  # Fig. 9 runs on this share of the fine-tuning set
     sft_epochs: Optional[int] = None  # Fig. 7 and 9 SFT epochs; None: the profile's finetune_epochs
+    transfer_ft_lr: Optional[float] = None  # FT LR after the head swap; None: the profile's ft_lr
     subset_seed: int = 0  # which images a fraction keeps (nested: 10% is inside 30%)
-    # Keep the full set's SFT half-cycle in optimizer steps on a subset (the paper's fixed
-    # "500 iterations"); False rescales it to the subset's epochs instead.
+    # SFT's half-cycle is a fixed number of optimizer steps (the paper's "500 iterations"). A
+    # profile that gives it in epochs means epochs of its standalone training set; True keeps
+    # that step count on a subset (Fig. 7, 9) and on the downstream task (Fig. 3), False
+    # rescales it to the smaller set's epochs.
     fixed_cycle_steps: bool = True
 
     def sft_epochs_for(self, prof: Profile) -> int:
         return self.sft_epochs if self.sft_epochs is not None else prof.finetune_epochs
+
+    def sft_for(self, sft: SFTConfig, n_reference: int, batch_size: int) -> SFTConfig:
+        """`sft` with its half-cycle fixed to the step count it has on `n_reference` images (if fixed_cycle_steps)."""
+        if not self.fixed_cycle_steps or sft.half_cycle_epochs is None:
+            return sft
+        steps = sft.step_size(steps_per_epoch(n_reference, batch_size))
+        return replace(sft, half_cycle_steps=steps, half_cycle_epochs=None)
 
 
 _PAPER_LIKE = dict(pretrain="cifar100", downstream=("cifar10", "gtsrb"), ft_lrs=(1e-4, 1e-3, 0.1),

@@ -120,20 +120,23 @@ def run(args: argparse.Namespace) -> None:
     model, attacks = load_pretrained(prof, sw.pretrain, args.attack, args.triggers.split(), device)
     down = load_downstream(args.downstream)
     swap_head(model, down.num_classes, prof.seed)
-    cfg = replace(prof.finetune_config(args.downstream), epochs=sw.transfer_epochs)
+    cfg = replace(prof.finetune_config(args.downstream), epochs=sw.transfer_epochs,
+                  lr=sw.transfer_ft_lr if sw.transfer_ft_lr is not None else prof.ft_lr)
+    # The pre-training set is the standalone set the profile's SFT half-cycle was sized for.
+    sft = sw.sft_for(prof.sft, len(load_data(sw.pretrain).x_train), prof.finetune_batch)
     setup(f"transfer {sw.pretrain} -> {args.downstream}, {args.attack}, {args.defense} ({prof.name})",
-          {"finetune": cfg, "sft": prof.sft, "triggers": list(attacks), "device": device})
+          {"finetune": cfg, "sft": sft, "triggers": list(attacks), "device": device})
     # Every downstream test image gets the trigger: the metric leaves out class c's own images per c.
     triggered = {a: bake(att, down.x_test).to(device) for a, att in attacks.items()}
     evaluate = make_transfer_evaluator(down.x_test.to(device), down.y_test, triggered, down.num_classes)
     ctx = DefenseContext(model=model, x_clean=down.x_train, y_clean=down.y_train, train=cfg, evaluate=evaluate,
-                         num_classes=down.num_classes, params={"sft": prof.sft})
+                         num_classes=down.num_classes, params={"sft": sft})
     result = get_defense(args.defense)(ctx)
     final = result.history[-1]
     out = run_dir("results", prof.name, "transfer", args.downstream) / args.attack / f"{args.defense}.json"
     write_result(out, {"profile": prof.name, "pretrain": sw.pretrain, "downstream": args.downstream,
                        "attack": args.attack, "defense": args.defense, "triggers": list(attacks), "finetune": cfg,
-                       "sft": prof.sft if args.defense == "sft" else None, "final": final,
+                       "sft": sft if args.defense == "sft" else None, "final": final,
                        "train_seconds": sum(r["seconds"] for r in result.history), **result.info,
                        "history": result.history})
     print(f"{args.defense}: CA {final['ca']:.3f}  " +

@@ -199,15 +199,19 @@ def test_full_fraction_point_is_a_prefix_of_the_standalone_sft_run(tiny):
 
 
 def test_transfer_run_records_per_trigger_asr_for_backdoored_and_clean(tiny, tmp_path):
-    for attack, triggers in (("badnets", ""), ("clean", "badnets blended")):
+    root = tmp_path / "results" / "smoke" / "transfer" / "digits5to9"
+    for attack, triggers, defense in (("badnets", "", "ft"), ("clean", "badnets blended", "ft"), ("badnets", "", "sft")):
         transfer.main(["run", "--profile", "smoke", "--downstream", "digits5to9", "--attack", attack,
-                       "--defense", "ft", "--triggers", triggers])
-        r = json.loads((tmp_path / "results" / "smoke" / "transfer" / "digits5to9" / attack / "ft.json").read_text())
+                       "--defense", defense, "--triggers", triggers])
+        r = json.loads((root / attack / f"{defense}.json").read_text())
         names = triggers.split() or [attack]
         assert r["triggers"] == names and len(r["history"]) == sweeps.get_sweeps("smoke").transfer_epochs + 1
         for rec in r["history"]:
             for a in names:
                 assert 0 <= rec[f"asr_{a}"] <= 1 and rec[f"asr_class_{a}"] in range(5)
+    # SFT keeps the half-cycle (in steps) it has on the 300-image pre-training set, not the ~150-image task's
+    assert r["half_cycle_steps"] == SMOKE.sft.step_size(steps_per_epoch(300, SMOKE.finetune_batch))
+    assert r["half_cycle_steps"] != SMOKE.sft.step_size(r["steps_per_epoch"])
 
 
 def test_digits5to9_is_relabelled_and_disjoint_from_the_adversary_target(tiny):
