@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from backdoor.data import load_dataset
 
@@ -14,5 +13,4 @@ def pytest_configure(config: pytest.Config) -> None:
 @pytest.fixture(scope="session")
 def digits(tmp_path_factory: pytest.TempPathFactory):
     """The digits dataset (cached in a session temp dir, never in the user's data/)."""
-    torch.set_num_threads(2)
     return load_dataset("digits", data_dir=tmp_path_factory.mktemp("data"))
