@@ -33,7 +33,7 @@ def main() -> None:
     args = ap.parse_args()
     tasks, attacks, root = args.downstream.split(), args.attacks.split(), Path(args.results)
     use_style()
-    fig, axes = plt.subplots(len(tasks), len(attacks), figsize=(3.6 * len(attacks), 3.0 * len(tasks)),
+    fig, axes = plt.subplots(len(tasks), len(attacks), figsize=(3.6 * len(attacks) + 2.2, 3.0 * len(tasks)),
                              squeeze=False, sharey=True)
     for i, d in enumerate(tasks):
         for j, a in enumerate(attacks):
@@ -52,7 +52,7 @@ def main() -> None:
             ax.set_xlabel("fine-tuning epoch")
             if j == 0:
                 ax.set_ylabel("accuracy")
-    axes[0][-1].legend(loc="center right", fontsize=7, frameon=True)
+    axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=True)
     save(fig, args.out)
 
 

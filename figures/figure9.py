@@ -25,7 +25,7 @@ def main() -> None:
     datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(9, prof, sw)
     xs = range(len(points))  # evenly spaced: the LR values are categories here
     use_style()
-    fig, axes = plt.subplots(2, len(datasets), figsize=(3.4 * len(datasets), 5.6), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(3.8 * len(datasets), 6.0), squeeze=False, sharey=True)
     for j, d in enumerate(datasets):
         for a in attacks:
             final = [read_point(args.results, d, a, p, prof, sw)[-1] for p in points]
@@ -37,7 +37,7 @@ def main() -> None:
             ax.set_xticks(list(xs), [f"{p.lr_max1:g}" for p in points])
             ax.set_xlim(-0.3, len(points) - 0.7)
             ax.set_title(f"{label(d)}: {metric}")
-            ax.set_xlabel(f"LR_MAX1 (SFT on {sw.small_fraction:.0%} of the fine-tuning set)")
+            ax.set_xlabel(f"LR_MAX1\n(SFT on {sw.small_fraction:.0%} of the fine-tuning set)")
             if j == 0:
                 ax.set_ylabel(metric)
     axes[0][-1].legend(fontsize=8, frameon=True)
