@@ -18,8 +18,13 @@ FG        = $(A)/figures/$(PROFILE)
 DEVFLAG   = $(if $(DEVICE),--device $(DEVICE))
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
 profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1)))
-DATASETS ?= $(call profile_field,datasets)
-ATTACKS  ?= $(call profile_field,attacks)
+# Evaluated once per Make run (each call imports torch), unless given on the command line.
+ifeq ($(origin DATASETS),undefined)
+DATASETS := $(call profile_field,datasets)
+endif
+ifeq ($(origin ATTACKS),undefined)
+ATTACKS := $(call profile_field,attacks)
+endif
 runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(d)/$(a)))
 runargs   = --dataset $(word 1,$(subst /, ,$(1))) --attack $(word 2,$(subst /, ,$(1)))
 
