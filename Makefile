@@ -26,6 +26,7 @@ ifeq ($(origin ATTACKS),undefined)
 ATTACKS := $(call profile_field,attacks)
 endif
 runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(d)/$(a)))
+SUBMAKE   = $(MAKE) --no-print-directory DATASETS="$(DATASETS)" ATTACKS="$(ATTACKS)"
 runargs   = --dataset $(word 1,$(subst /, ,$(1))) --attack $(word 2,$(subst /, ,$(1)))
 
 .PHONY: all demo demo-full test bench data figure1 figure4 summary clean-demo help
@@ -79,19 +80,19 @@ $(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
 
 # ---- figures ---------------------------------------------------------------------------
 figure1: $(STAMP)
-	@$(MAKE) --no-print-directory $(FG)/figure1.png
+	@$(SUBMAKE) $(FG)/figure1.png
 $(RS)/figure1_lr.json: | $(STAMP)
 	$(PY) -m experiments.lr_schedule --profile $(PROFILE) --out $@
 $(FG)/figure1.png: $(RS)/figure1_lr.json
 	$(PY) -m figures.figure1 $< --out $@
 
 figure4: $(STAMP)
-	@$(MAKE) --no-print-directory $(FG)/figure4.png
+	@$(SUBMAKE) $(FG)/figure4.png
 $(FG)/figure4.png: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
 	$(PY) -m figures.figure4 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 summary: $(STAMP)
-	@$(MAKE) --no-print-directory $(RS)/summary.txt
+	@$(SUBMAKE) $(RS)/summary.txt
 	@cat $(RS)/summary.txt
 $(RS)/summary.txt: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
 	$(PY) -m experiments.summary --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
