@@ -5,13 +5,12 @@ a model pre-trained without poison and fine-tuned the same way (the "no backdoor
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from figures.style import label, save, use_style
+from figures.style import figure_args, label, save, use_style
 
 NAMES = {"digits5to9": "digits 5-9"}
 LINES = [("ft", "ca", "tab:blue", "--"), ("ft", "asr", "tab:red", "--"),
@@ -25,12 +24,7 @@ def _history(path: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--results", required=True, help="artifacts/results/<profile>/transfer")
-    ap.add_argument("--downstream", required=True)
-    ap.add_argument("--attacks", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = figure_args(__doc__, 'downstream', 'attacks')
     tasks, attacks, root = args.downstream.split(), args.attacks.split(), Path(args.results)
     use_style()
     fig, axes = plt.subplots(len(tasks), len(attacks), figsize=(3.6 * len(attacks) + 2.2, 3.0 * len(tasks)),

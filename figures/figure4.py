@@ -1,25 +1,19 @@
 """Figure 4: CA and ASR over fine-tuning epochs, FT vs SFT (rows: datasets, columns: attacks)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from figures.style import label, save, use_style
+from figures.style import figure_args, label, save, use_style
 
 LINES = [("ft", "ca", "tab:blue", "--"), ("ft", "asr", "tab:red", "--"),
          ("sft", "ca", "tab:blue", "-"), ("sft", "asr", "tab:red", "-")]
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
-    ap.add_argument("--datasets", required=True)
-    ap.add_argument("--attacks", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = figure_args(__doc__, 'datasets', 'attacks')
     datasets, attacks = args.datasets.split(), args.attacks.split()
     use_style()
     fig, axes = plt.subplots(len(datasets), len(attacks), figsize=(3.6 * len(attacks), 3.0 * len(datasets)),

@@ -5,13 +5,12 @@ checkpoint's final CA/ASR (backdoor.json); each defence is its results file's fi
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 
 from experiments.common import read_json
-from figures.style import label, save, use_style
+from figures.style import figure_args, label, save, use_style
 
 NAMES = {"spectral": "Spectral"}
 MARKERS = {"undefended": ("X", "black"), "ft": ("s", "tab:blue"), "sft": ("*", "tab:red"),
@@ -36,13 +35,7 @@ def points(results: Path, dataset: str, attack: str, defenses: list[str]) -> dic
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
-    ap.add_argument("--dataset", required=True)
-    ap.add_argument("--attacks", required=True)
-    ap.add_argument("--defenses", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = figure_args(__doc__, 'dataset', 'attacks', 'defenses')
     attacks, defenses = args.attacks.split(), args.defenses.split()
     use_style()
     fig, axes = plt.subplots(1, len(attacks), figsize=(3.4 * len(attacks) + 1.6, 3.4), squeeze=False, sharey=True)

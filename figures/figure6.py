@@ -5,7 +5,6 @@ device name from each results file; the y label names the device(s).
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -13,7 +12,7 @@ import seaborn as sns
 
 from experiments.common import read_json
 from figures.figure5 import MARKERS, name
-from figures.style import save, use_style
+from figures.style import figure_args, save, use_style
 
 
 def costs(results: Path, datasets: list[str], attacks: list[str], defenses: list[str]) -> tuple[dict, set]:
@@ -29,13 +28,7 @@ def costs(results: Path, datasets: list[str], attacks: list[str], defenses: list
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
-    ap.add_argument("--datasets", required=True)
-    ap.add_argument("--attacks", required=True)
-    ap.add_argument("--defenses", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = figure_args(__doc__, 'datasets', 'attacks', 'defenses')
     defenses = args.defenses.split()
     hours, devices = costs(Path(args.results), args.datasets.split(), args.attacks.split(), defenses)
     use_style()

@@ -1,24 +1,17 @@
 """Figure 8: conventional FT at several constant LRs; ASR and CA over epochs (rows: dataset x metric)."""
 from __future__ import annotations
 
-import argparse
 
 import matplotlib.pyplot as plt
 import seaborn as sns
 
 from experiments.profiles import get_profile
 from experiments.sweeps import figure_points, get_sweeps, read_point
-from figures.style import label, save, use_style
+from figures.style import figure_args, label, save, use_style
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--results", required=True, help="artifacts/results/<profile>")
-    ap.add_argument("--profile", required=True)
-    ap.add_argument("--datasets", required=True)
-    ap.add_argument("--attacks", required=True)
-    ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = figure_args(__doc__, 'profile', 'datasets', 'attacks')
     prof, sw = get_profile(args.profile), get_sweeps(args.profile)
     datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(8, prof, sw)
     colors = sns.color_palette("viridis", len(points))

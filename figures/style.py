@@ -1,6 +1,7 @@
 """Shared look of every figure, and saving as PNG + PDF."""
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import matplotlib
@@ -32,3 +33,13 @@ def save(fig: plt.Figure, out: str | Path) -> None:
     fig.savefig(out, dpi=150)
     fig.savefig(out.with_suffix(".pdf"))
     plt.close(fig)
+
+
+def figure_args(doc: str | None, *names: str) -> argparse.Namespace:
+    """Parse `--results DIR --out PNG` plus each required `--NAME` (space-separated lists as one string)."""
+    ap = argparse.ArgumentParser(description=doc)
+    ap.add_argument("--results", required=True, help="results directory, e.g. artifacts/results/<profile>")
+    for name in names:
+        ap.add_argument(f"--{name}", required=True)
+    ap.add_argument("--out", required=True, help="PNG path; a PDF is written beside it")
+    return ap.parse_args()
