@@ -68,8 +68,8 @@ def run(bd, name: str, keep: torch.Tensor | None = None, **params):
 
 
 def test_nc_target_trigger_is_much_smaller(bd):
-    # Fast version: two labels only. NC needs ~100 Adam steps per label for masks to shrink,
-    # hence 3% of digits in batches of 8.
+    # CI version of the next test: two labels only. NC needs ~100 Adam steps per label for the
+    # masks to shrink, hence 3% of digits in batches of 8.
     x, _ = clean_subset(DefenseContext(bd.model, bd.data.x_train, bd.data.y_train, BASE), 0.03, seed=1)
     cfg = NCConfig(epochs=25, batch_size=8, patience=2)
     model = copy.deepcopy(bd.model).eval().requires_grad_(False)
@@ -81,7 +81,7 @@ def test_nc_target_trigger_is_much_smaller(bd):
 
 @pytest.mark.slow
 def test_nc_flags_the_target_class(bd):
-    # Unlearning is left out (0 epochs): the test is about detection.
+    # All ten labels and the MAD rule. Unlearning is left out (0 epochs): the test is about detection.
     res = run(bd, "nc", nc=NCConfig(clean_ratio=0.03, epochs=25, batch_size=8, patience=2, unlearn=budget(0)))
     assert res.info["flagged_labels"] == [TARGET]
     assert res.info["target_anomaly_index"] > 2
