@@ -37,8 +37,6 @@ class Profile:
     poison_ratio: float = 0.1
     target: int = 0
     seed: int = 0
-    # Per-defence config overrides handed to DefenseContext.params (e.g. {"nc": NCConfig(...)}).
-    defense_params: dict = field(default_factory=dict)
 
     def train_config(self, dataset: str) -> TrainConfig:
         """The attack-training config with the dataset's flip rule."""

@@ -20,6 +20,7 @@ from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
+from defenses.presets import defense_params
 from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
                                 run_main, setup, write_result)
 from experiments.profiles import get_profile
@@ -66,7 +67,7 @@ def defend(args: argparse.Namespace) -> None:
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes,
-                         params={"sft": prof.sft, **prof.defense_params})
+                         params={"sft": prof.sft, **defense_params(prof.name)})
     t0 = time.perf_counter()
     result = defense(ctx)
     seconds = time.perf_counter() - t0
