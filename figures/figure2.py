@@ -8,7 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from figures.style import label, save, use_style
+from figures.style import label, save, style_panel, use_style
 
 # (mode, metric, colour, line style); `clean` (ASR of a frozen clean encoder) is drawn when present
 LINES = [("classifier", "ca", "tab:blue", "--"), ("classifier", "asr", "tab:red", "--"),
@@ -37,11 +37,7 @@ def main() -> None:
                 h = json.loads(path.read_text())["history"]
                 ax.plot([r["epoch"] for r in h], [r[metric] for r in h], color=color, ls=ls, lw=1.4,
                         label=f"{NAMES[mode]} {metric.upper()}")
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_title(f"{label(p)} → {label(d)}")
-            ax.set_xlabel("downstream epoch")
-            if j == 0:
-                ax.set_ylabel("accuracy")
+            style_panel(ax, f"{label(p)} → {label(d)}", "downstream epoch", "accuracy" if j == 0 else None)
     axes[0][-1].legend(loc="center right", fontsize=7, frameon=True)
     save(fig, args.out)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from figures.style import figure_args, label, save, use_style
+from figures.style import figure_args, label, save, style_panel, use_style
 
 NAMES = {"digits5to9": "digits 5-9"}
 LINES = [("ft", "ca", "tab:blue", "--"), ("ft", "asr", "tab:red", "--"),
@@ -41,11 +41,8 @@ def main() -> None:
                 h = _history(root / d / "clean" / f"{defense}.json")
                 ax.plot([r["epoch"] for r in h], [r[f"asr_{a}"] for r in h], color="0.55", ls=ls, lw=1.0,
                         label=f"{label(defense)} ASR, clean model")
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_title(f"{NAMES.get(d, label(d))} / {label(a)}")
-            ax.set_xlabel("fine-tuning epoch")
-            if j == 0:
-                ax.set_ylabel("accuracy")
+            style_panel(ax, f"{NAMES.get(d, label(d))} / {label(a)}", "fine-tuning epoch",
+                        "accuracy" if j == 0 else None)
     axes[0][-1].legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=True)
     save(fig, args.out)
 

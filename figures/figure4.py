@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from figures.style import figure_args, label, save, use_style
+from figures.style import figure_args, label, save, style_panel, use_style
 
 LINES = [("ft", "ca", "tab:blue", "--"), ("ft", "asr", "tab:red", "--"),
          ("sft", "ca", "tab:blue", "-"), ("sft", "asr", "tab:red", "-")]
@@ -25,11 +25,7 @@ def main() -> None:
                 h = json.loads((Path(args.results) / d / a / f"{defense}.json").read_text())["history"]
                 ax.plot([r["epoch"] for r in h], [r[metric] for r in h], color=color, ls=ls, lw=1.4,
                         label=f"{label(defense)} {metric.upper()}")
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_title(f"{label(d)} / {label(a)}")
-            ax.set_xlabel("fine-tuning epoch")
-            if j == 0:
-                ax.set_ylabel("accuracy")
+            style_panel(ax, f"{label(d)} / {label(a)}", "fine-tuning epoch", "accuracy" if j == 0 else None)
     axes[0][-1].legend(loc="center right", fontsize=8, frameon=True)
     save(fig, args.out)
 

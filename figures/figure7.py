@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 
 from experiments.profiles import get_profile
 from experiments.sweeps import figure_points, get_sweeps, read_point
-from figures.style import figure_args, label, save, use_style
+from figures.style import figure_args, label, save, style_panel, use_style
 
 
 def main() -> None:
@@ -23,11 +23,7 @@ def main() -> None:
                                 label=label(a))
         for i, metric in enumerate(("ASR", "CA")):
             ax = axes[i][j]
-            ax.set_ylim(-0.03, 1.03)
-            ax.set_title(f"{label(d)}: {metric}")
-            ax.set_xlabel("fraction of the fine-tuning set")
-            if j == 0:
-                ax.set_ylabel(metric)
+            style_panel(ax, f"{label(d)}: {metric}", "fraction of the fine-tuning set", metric if j == 0 else None)
     axes[0][-1].legend(fontsize=8, frameon=True)
     save(fig, args.out)
 

@@ -7,7 +7,7 @@ import seaborn as sns
 
 from experiments.profiles import get_profile
 from experiments.sweeps import figure_points, get_sweeps, read_point
-from figures.style import figure_args, label, save, use_style
+from figures.style import figure_args, label, save, style_panel, use_style
 
 
 def main() -> None:
@@ -27,11 +27,7 @@ def main() -> None:
                                             label=f"LR {p.lr:g}")
             for i, metric in enumerate(("ASR", "CA")):
                 ax = axes[2 * k + i][j]
-                ax.set_ylim(-0.03, 1.03)
-                ax.set_title(f"{label(d)} / {label(a)}: {metric}")
-                ax.set_xlabel("fine-tuning epoch")
-                if j == 0:
-                    ax.set_ylabel(metric)
+                style_panel(ax, f"{label(d)} / {label(a)}: {metric}", "fine-tuning epoch", metric if j == 0 else None)
     axes[0][-1].legend(fontsize=8, frameon=True)
     save(fig, args.out)
 

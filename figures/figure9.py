@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 
 from experiments.profiles import get_profile
 from experiments.sweeps import figure_points, get_sweeps, read_point
-from figures.style import figure_args, label, save, use_style
+from figures.style import figure_args, label, save, style_panel, use_style
 
 
 def main() -> None:
@@ -26,13 +26,10 @@ def main() -> None:
                 axes[i][j].plot(xs, [r[metric] for r in final], marker="o", lw=1.4, label=label(a))
         for i, metric in enumerate(("ASR", "CA")):
             ax = axes[i][j]
-            ax.set_ylim(-0.03, 1.03)
+            xlabel = f"LR_MAX1\n(SFT on {sw.small_fraction:.0%} of the fine-tuning set)"
+            style_panel(ax, f"{label(d)}: {metric}", xlabel, metric if j == 0 else None)
             ax.set_xticks(list(xs), [f"{p.lr_max1:g}" for p in points])
             ax.set_xlim(-0.3, len(points) - 0.7)
-            ax.set_title(f"{label(d)}: {metric}")
-            ax.set_xlabel(f"LR_MAX1\n(SFT on {sw.small_fraction:.0%} of the fine-tuning set)")
-            if j == 0:
-                ax.set_ylabel(metric)
     axes[0][-1].legend(fontsize=8, frameon=True)
     save(fig, args.out)
 

@@ -25,6 +25,15 @@ def use_style() -> None:
     sns.set_theme(style="whitegrid", context="paper", font_scale=1.2)
 
 
+def style_panel(ax: plt.Axes, title: str, xlabel: str, ylabel: str | None = None) -> None:
+    """A [0,1] accuracy panel: fixed y range, title, x label, y label on the first column only."""
+    ax.set_ylim(-0.03, 1.03)
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    if ylabel:
+        ax.set_ylabel(ylabel)
+
+
 def save(fig: plt.Figure, out: str | Path) -> None:
     """Write `out` (PNG) and the same figure as PDF next to it."""
     out = Path(out)
