@@ -37,6 +37,16 @@ class Profile:
     poison_ratio: float = 0.1
     target: int = 0
     seed: int = 0
+    # Section 6 (backdoor sequela): re-injection epochs and poison ratios, MIA attack-model epochs.
+    reinject_epochs: int = 25
+    reinject_ratios: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
+    mia_epochs: int = 50
+
+    def __post_init__(self) -> None:
+        bad = [r for r in self.reinject_ratios if not 0.0 < r <= 1.0]
+        if bad or self.reinject_epochs < 1 or self.mia_epochs < 1:
+            raise ValueError(f"profile {self.name!r}: re-injection ratios must be in (0, 1] (got {bad}), "
+                             f"reinject_epochs and mia_epochs >= 1")
 
     def train_config(self, dataset: str) -> TrainConfig:
         """The attack-training config with the dataset's flip rule."""
@@ -60,11 +70,11 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile("demo", ("digits",), ("badnets", "blended"), 16,
                     TrainConfig(epochs=40, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=40),
                     finetune_epochs=15, finetune_batch=64, ft_lr=0.001,
-                    sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=10)),
+                    sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=10), reinject_epochs=8, mia_epochs=100),
     "smoke": Profile("smoke", ("digits",), ("badnets", "blended"), 16,
                      TrainConfig(epochs=40, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=40),
                      finetune_epochs=10, finetune_batch=64, ft_lr=0.001,
-                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5)),
+                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5), reinject_epochs=4, mia_epochs=100),
 }
 
 
@@ -82,4 +92,4 @@ if __name__ == "__main__":
     a = ap.parse_args()
     p = get_profile(a.profile)
     value = getattr(p, a.field) if a.field else p.to_dict()
-    print(" ".join(value) if isinstance(value, tuple) else value)
+    print(" ".join(map(str, value)) if isinstance(value, tuple) else value)

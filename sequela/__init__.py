@@ -1,0 +1,1 @@
+"""Backdoor sequela (paper Section 6): membership inference and backdoor re-injection."""
