@@ -41,7 +41,8 @@ def environment() -> dict[str, Any]:
         sha = None
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
     return {"torch": torch.__version__, "python": platform.python_version(), "git": sha, "device": device,
-            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+            "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -49,7 +49,9 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    """Atomically write a results JSON."""
+    """Atomically write a results JSON (with the Slurm job id when the step ran as a Slurm job)."""
+    if os.environ.get("SLURM_JOB_ID"):
+        result = {**result, "slurm_job_id": os.environ["SLURM_JOB_ID"]}
     atomic_write_json(path, jsonable(result))
 
 

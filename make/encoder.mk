@@ -16,15 +16,15 @@ figure2: $(STAMP)
 	  ENC_PRE="$(call enc_field,pretrain_sets)" ENC_DOWN="$(call enc_field,downstream_sets)"
 
 $(ENC_CK)/%/simclr.safetensors: | $(STAMP)
-	$(PY) -m experiments.encoder pretrain --profile $(PROFILE) --pretrain $* $(DEVFLAG)
+	$(RUN) experiments.encoder pretrain --profile $(PROFILE) --pretrain $* $(DEVFLAG)
 
 # One pattern rule per pre-training set, so that the stem is the downstream task alone.
 define enc_rules
 $$(ENC_CK)/$(1)/%/badencoder.safetensors: $$(ENC_CK)/$(1)/simclr.safetensors
-	$$(PY) -m experiments.encoder badencoder --profile $$(PROFILE) --pretrain $(1) --downstream $$* $$(DEVFLAG)
+	$$(RUN) experiments.encoder badencoder --profile $$(PROFILE) --pretrain $(1) --downstream $$* $$(DEVFLAG)
 $(foreach m,$(ENC_MODES),
 $$(ENC_RS)/$(1)/%/$(m).json: $$(ENC_CK)/$(1)/%/badencoder.safetensors
-	$$(PY) -m experiments.encoder downstream --profile $$(PROFILE) --pretrain $(1) --downstream $$* --mode $(m) $$(DEVFLAG)
+	$$(RUN) experiments.encoder downstream --profile $$(PROFILE) --pretrain $(1) --downstream $$* --mode $(m) $$(DEVFLAG)
 )
 endef
 $(foreach p,cifar10 stl10 digits,$(eval $(call enc_rules,$(p))))

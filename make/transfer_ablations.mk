@@ -15,16 +15,16 @@ TR            = $(RS)/transfer
 
 # ---- transfer: the backdoored pre-trained models are the standalone checkpoints of $(PRETRAIN)
 $(CK)/$(PRETRAIN)/clean/model.safetensors: | $(STAMP)
-	$(PY) -m experiments.transfer pretrain --profile $(PROFILE) $(DEVFLAG)
+	$(RUN) experiments.transfer pretrain --profile $(PROFILE) $(DEVFLAG)
 
 define transfer_rule
 $$(TR)/$(1)/$(2)/$(3).json: $$(CK)/$$(PRETRAIN)/$(2)/backdoor.safetensors
-	$$(PY) -m experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack $(2) --defense $(3) $$(DEVFLAG)
+	$$(RUN) experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack $(2) --defense $(3) $$(DEVFLAG)
 endef
 define transfer_clean_rule
 $$(TR)/$(1)/clean/$(2).json: $$(CK)/$$(PRETRAIN)/clean/model.safetensors \
   $$(foreach a,$$(_TA_ATTACKS),$$(CK)/$$(PRETRAIN)/$$(a)/backdoor.safetensors)
-	$$(PY) -m experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack clean --defense $(2) \
+	$$(RUN) experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack clean --defense $(2) \
 	  --triggers "$$(_TA_ATTACKS)" $$(DEVFLAG)
 endef
 $(foreach d,$(DOWNSTREAM),$(foreach f,ft sft,$(eval $(call transfer_clean_rule,$(d),$(f)))\
@@ -36,7 +36,7 @@ $(FG)/figure3.png: $(foreach d,$(DOWNSTREAM),$(foreach a,$(_TA_ATTACKS) clean,$(
 # ---- ablations: one file per (dataset, attack, point); points equal to the standalone FT/SFT run reuse it
 define ablation_rule
 $$(RS)/%/ablation/$(1).json: $$(CK)/%/backdoor.safetensors
-	$$(PY) -m experiments.ablations --profile $$(PROFILE) $$(call runargs,$$*) --points $(1) $$(DEVFLAG)
+	$$(RUN) experiments.ablations --profile $$(PROFILE) $$(call runargs,$$*) --points $(1) $$(DEVFLAG)
 endef
 $(foreach p,$(call sw,points),$(eval $(call ablation_rule,$(p))))
 
