@@ -11,28 +11,11 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 PROFILE  ?= paper
 DEVICE   ?=
-A        ?= artifacts
-export ARTIFACTS = $(A)
+A        := artifacts
 CK        = $(A)/checkpoints/$(PROFILE)
 RS        = $(A)/results/$(PROFILE)
 FG        = $(A)/figures/$(PROFILE)
 DEVFLAG   = $(if $(DEVICE),--device $(DEVICE))
-# Where steps run (experiments/launch.py; README "Running on GPUs and on Slurm"). Recipes prefix steps with $(RUN).
-#   LAUNCHER=local  in make's process; GPUS=0,1,... gives each concurrent `make -j` step its own GPU
-#   LAUNCHER=slurm  one Slurm job per step (submitit), resources from SLURM_*; logs under $(A)/logs/
-LAUNCHER ?= local
-GPUS     ?=
-SLURM_PARTITION ?=
-SLURM_GPUS ?= 1
-SLURM_CPUS ?= 8
-SLURM_MEM  ?= 32G
-SLURM_TIME ?= 24:00:00
-SLURMFLAGS = --partition "$(SLURM_PARTITION)" --slurm-gpus $(SLURM_GPUS) --cpus $(SLURM_CPUS) --mem "$(SLURM_MEM)" \
-  --time $(SLURM_TIME) --log-dir $(A)/logs/$(basename $(@:$(A)/%=%)) --target $@
-$(if $(filter-out local slurm,$(LAUNCHER)),$(error LAUNCHER=$(LAUNCHER): choose one of local slurm))
-LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS) --slots $(A)/.slots)
-RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) \
-  $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
 profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1)))
 # Evaluated once per Make run (each call imports torch), unless given on the command line.
@@ -60,8 +43,9 @@ $(STAMP): requirements.txt
 
 # ---- top level ---------------------------------------------------------------------
 # Every figure that exists; the later figures' targets live in make/*.mk.
-ALL_FIGURES := figure1 figure4 summary table1 figure5 figure12 figure13 figure6 figure3 figure7 figure8 figure9 figure2
-DEMO_FULL   := figure1 figure4 summary table1 figure5 figure6 figure3 figure7 figure8 figure9 figure2
+ALL_FIGURES := figure1 figure4 summary table1 figure5 figure12 figure13 figure6 figure3 figure7 figure8 figure9 figure2 \
+               figure10 figure11 figure14 figure15 figure16 figure17
+DEMO_FULL   := figure1 figure4 summary table1 figure5 figure6 figure3 figure7 figure8 figure9 figure2 figure10 figure11
 
 all: $(STAMP)
 	@$(MAKE) --no-print-directory PROFILE=paper $(ALL_FIGURES)
@@ -70,7 +54,7 @@ demo: $(STAMP)
 	@$(MAKE) --no-print-directory PROFILE=demo figure1 figure4 summary
 	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
 
-# Everything else on digits too (Table 1, Fig. 2, 3, 5-9); CPU, longer than `demo`.
+# Everything else on digits too (Table 1, Fig. 2, 3, 5-11); CPU, longer than `demo`.
 demo-full: $(STAMP)
 	@$(MAKE) --no-print-directory PROFILE=demo $(DEMO_FULL)
 	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
@@ -87,29 +71,29 @@ data: $(STAMP)
 
 # ---- standalone scenario: backdoored model -> FT / SFT --------------------------------
 $(CK)/%/backdoor.safetensors: | $(STAMP)
-	$(RUN) experiments.standalone train --profile $(PROFILE) $(call runargs,$*) $(DEVFLAG)
+	$(PY) -m experiments.standalone train --profile $(PROFILE) $(call runargs,$*) $(DEVFLAG)
 
 define defense_rule
 $$(RS)/%/$(1).json: $$(CK)/%/backdoor.safetensors
-	$$(RUN) experiments.standalone defend --profile $$(PROFILE) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
+	$$(PY) -m experiments.standalone defend --profile $$(PROFILE) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
 endef
 $(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
 
 # ---- figures ---------------------------------------------------------------------------
 figure1: $(STAMP)
-	@+$(SUBMAKE) $(FG)/figure1.png
+	@$(SUBMAKE) $(FG)/figure1.png
 $(RS)/figure1_lr.json: | $(STAMP)
-	$(RUN) experiments.lr_schedule --profile $(PROFILE) --out $@
+	$(PY) -m experiments.lr_schedule --profile $(PROFILE) --out $@
 $(FG)/figure1.png: $(RS)/figure1_lr.json
 	$(PY) -m figures.figure1 $< --out $@
 
 figure4: $(STAMP)
-	@+$(SUBMAKE) $(FG)/figure4.png
+	@$(SUBMAKE) $(FG)/figure4.png
 $(FG)/figure4.png: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
 	$(PY) -m figures.figure4 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 summary: $(STAMP)
-	@+$(SUBMAKE) $(RS)/summary.txt
+	@$(SUBMAKE) $(RS)/summary.txt
 	@cat $(RS)/summary.txt
 $(RS)/summary.txt: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
 	$(PY) -m experiments.summary --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@

@@ -1,0 +1,150 @@
+"""Backdoor sequela (paper Section 6): membership inference (Fig. 10) and re-injection (Fig. 11, 14-17).
+
+    python -m experiments.sequela clean    --profile demo --dataset digits
+    python -m experiments.sequela mia      --profile demo --dataset digits --attack badnets --model sft
+    python -m experiments.sequela reinject --profile demo --dataset digits --attack badnets --model sft --ratio 0.01
+
+`--model` is `backdoor` (MIA only), `clean` (re-injection only: the model trained without
+poison) or a defence whose checkpoint `standalone defend` wrote. Each call writes one file.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
+from backdoor.metrics import accuracy
+from backdoor.models import make_model
+from backdoor.train import fit
+from defenses import DEFENSES
+from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
+                                run_main, setup, write_result)
+from experiments.profiles import get_profile
+from experiments.standalone import load_poisoned_set
+from experiments.transfer import clean_path
+from sequela.mia import membership_inference, mia_split
+from sequela.reinject import epochs_to, reinject
+
+# Offsets from the profile seed, so the MIA split and the re-injection poison differ from training's.
+MIA_SEED, REINJECT_SEED = 100, 1
+
+
+def check_model(name: str, allowed: tuple[str, ...]) -> None:
+    """Fail in one line on a model name this step cannot load."""
+    if name not in allowed and name not in DEFENSES:
+        raise ValueError(f"unknown --model {name!r}; choose one of: {', '.join((*allowed, *sorted(DEFENSES)))}")
+
+
+def parse_ratio(text: str) -> float:
+    """A re-injection poison ratio in (0, 1]."""
+    try:
+        r = float(text)
+    except ValueError:
+        r = -1.0
+    if not 0.0 < r <= 1.0:
+        raise ValueError(f"--ratio must be a number in (0, 1], got {text!r}")
+    return r
+
+
+def clean(args: argparse.Namespace) -> None:
+    """Train the reference model without poison, with the attack-training recipe of the profile."""
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    cfg = prof.train_config(args.dataset)
+    setup(f"clean model {args.dataset} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
+    data = load_data(args.dataset)
+    torch.manual_seed(prof.seed)
+    model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
+    x_test = data.x_test.to(device)
+    history = fit(model, data.x_train, data.y_train, cfg, desc="train clean",
+                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test)})
+    meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
+                     "dataset": args.dataset}, "attack": None, "profile": prof.name, "train": cfg, "seed": prof.seed,
+            "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
+    write_result(run_dir("results", prof.name, args.dataset, "clean") / "model.json", {**meta, "history": history})
+    save_model(clean_path(prof, args.dataset), model, jsonable(meta))
+    print(f"clean: CA {history[-1]['ca']:.3f}")
+
+
+def mia(args: argparse.Namespace) -> None:
+    """Membership inference against the backdoored model or one defended model."""
+    check_model(args.model, ("backdoor",))
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
+    setup(f"mia {args.dataset}/{args.attack}/{args.model} ({prof.name})",
+          {"mia_epochs": prof.mia_epochs, "checkpoint": ck / f"{args.model}.safetensors", "device": device})
+    model, attack, _ = load_backdoored(ck / f"{args.model}.safetensors", device)
+    data = load_data(args.dataset)
+    _, _, poison_idx = load_poisoned_set(ck / "poison.safetensors", data)
+    # Members are drawn from the unpoisoned training images: each is in every model's training set as is.
+    sp = mia_split(len(data.x_train), len(data.x_test), prof.seed + MIA_SEED, exclude=poison_idx)
+    t0 = time.perf_counter()
+    res = membership_inference(model, data.x_train, data.y_train, data.x_test, data.y_test, sp, prof.mia_epochs,
+                               prof.seed + MIA_SEED)
+    quality = evaluator_for(data, attack, device)(model)
+    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "mia" / f"{args.model}.json",
+                 {"profile": prof.name, "dataset": args.dataset, "attack": args.attack, "model": args.model,
+                  "mia_epochs": prof.mia_epochs, "features": "sorted softmax posteriors + top-1 correct flag",
+                  **res, **quality, "seconds": time.perf_counter() - t0})
+    print(f"mia {args.model}: accuracy {res['accuracy']:.3f}  AUC {res['auc']:.3f}  "
+          f"(model CA {quality['ca']:.3f}, ASR {quality['asr']:.3f})")
+
+
+def load_start(prof, dataset: str, attack_name: str, model_name: str, device: torch.device):
+    """(model to re-inject into, the original attack) for `clean` or a defended checkpoint."""
+    ck = run_dir("checkpoints", prof.name, dataset, attack_name)
+    if model_name != "clean":
+        model, attack, _ = load_backdoored(ck / f"{model_name}.safetensors", device)
+        return model, attack
+    _, attack, _ = load_backdoored(ck / "backdoor.safetensors", device)
+    tensors, meta = load_checkpoint(clean_path(prof, dataset))
+    arch = meta["arch"]
+    model = make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
+    load_state_into(model, split(tensors, "model"))
+    return model.to(device), attack
+
+
+def reinject_step(args: argparse.Namespace) -> None:
+    """Re-inject the attack into the clean or a defended model at one poison ratio."""
+    check_model(args.model, ("clean",))
+    ratio = parse_ratio(args.ratio)
+    prof, device = get_profile(args.profile), resolve_device(args.device)
+    cfg = prof.train_config(args.dataset)
+    setup(f"reinject {args.attack} into {args.dataset}/{args.model} at {ratio} ({prof.name})",
+          {"train": cfg, "epochs": prof.reinject_epochs, "device": device})
+    model, attack = load_start(prof, args.dataset, args.attack, args.model, device)
+    data = load_data(args.dataset)
+    rec = reinject(model, attack, data, cfg, prof.reinject_epochs, ratio, prof.seed + REINJECT_SEED)
+    first = epochs_to(rec["history"]) if rec["history"] else None
+    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "reinject" / args.model
+                 / f"{args.ratio}.json",
+                 {"profile": prof.name, "dataset": args.dataset, "attack": args.attack, "model": args.model,
+                  "train": cfg, "epochs_to_asr_0.8": first, **rec})
+    if rec["history"]:
+        h = rec["history"]
+        print(f"reinject {args.model} @ {ratio}: ASR {h[0]['asr']:.3f} -> {h[-1]['asr']:.3f}, "
+              f"CA {h[-1]['ca']:.3f}; epochs to ASR>=0.8: {first}")
+    else:
+        print(f"reinject {args.model} @ {ratio}: skipped ({rec['skipped']})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("step", choices=["clean", "mia", "reinject"])
+    ap.add_argument("--profile", default="demo")
+    ap.add_argument("--dataset", required=True)
+    ap.add_argument("--attack", help="mia, reinject: the attack (its backdoored checkpoint holds the trigger)")
+    ap.add_argument("--model", help="mia: backdoor or a defence; reinject: clean or a defence")
+    ap.add_argument("--ratio", help="reinject: poison ratio in (0, 1], as written in the file name")
+    ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    args = ap.parse_args(argv)
+    if args.step != "clean" and not (args.attack and args.model):
+        ap.error(f"{args.step} needs --attack and --model")
+    if args.step == "reinject" and not args.ratio:
+        ap.error("reinject needs --ratio")
+    run_main({"clean": clean, "mia": mia, "reinject": reinject_step}[args.step], args)
+
+
+if __name__ == "__main__":
+    main()
