@@ -11,11 +11,28 @@ PY       := $(VENV)/bin/python
 STAMP    := $(VENV)/.installed
 PROFILE  ?= paper
 DEVICE   ?=
-A        := artifacts
+A        ?= artifacts
+export ARTIFACTS = $(A)
 CK        = $(A)/checkpoints/$(PROFILE)
 RS        = $(A)/results/$(PROFILE)
 FG        = $(A)/figures/$(PROFILE)
 DEVFLAG   = $(if $(DEVICE),--device $(DEVICE))
+# Where steps run (experiments/launch.py; README "Running on GPUs and on Slurm"). Recipes prefix steps with $(RUN).
+#   LAUNCHER=local  in make's process; GPUS=0,1,... gives each concurrent `make -j` step its own GPU
+#   LAUNCHER=slurm  one Slurm job per step (submitit), resources from SLURM_*; logs under $(A)/logs/
+LAUNCHER ?= local
+GPUS     ?=
+SLURM_PARTITION ?=
+SLURM_GPUS ?= 1
+SLURM_CPUS ?= 8
+SLURM_MEM  ?= 32G
+SLURM_TIME ?= 24:00:00
+SLURMFLAGS = --partition "$(SLURM_PARTITION)" --slurm-gpus $(SLURM_GPUS) --cpus $(SLURM_CPUS) --mem "$(SLURM_MEM)" \
+  --time $(SLURM_TIME) --log-dir $(A)/logs/$(basename $(@:$(A)/%=%)) --target $@
+$(if $(filter-out local slurm,$(LAUNCHER)),$(error LAUNCHER=$(LAUNCHER): choose one of local slurm))
+LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS) --slots $(A)/.slots)
+RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) \
+  $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
 profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1)))
 # Evaluated once per Make run (each call imports torch), unless given on the command line.
@@ -71,29 +88,29 @@ data: $(STAMP)
 
 # ---- standalone scenario: backdoored model -> FT / SFT --------------------------------
 $(CK)/%/backdoor.safetensors: | $(STAMP)
-	$(PY) -m experiments.standalone train --profile $(PROFILE) $(call runargs,$*) $(DEVFLAG)
+	$(RUN) experiments.standalone train --profile $(PROFILE) $(call runargs,$*) $(DEVFLAG)
 
 define defense_rule
 $$(RS)/%/$(1).json: $$(CK)/%/backdoor.safetensors
-	$$(PY) -m experiments.standalone defend --profile $$(PROFILE) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
+	$$(RUN) experiments.standalone defend --profile $$(PROFILE) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
 endef
 $(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
 
 # ---- figures ---------------------------------------------------------------------------
 figure1: $(STAMP)
-	@$(SUBMAKE) $(FG)/figure1.png
+	@+$(SUBMAKE) $(FG)/figure1.png
 $(RS)/figure1_lr.json: | $(STAMP)
-	$(PY) -m experiments.lr_schedule --profile $(PROFILE) --out $@
+	$(RUN) experiments.lr_schedule --profile $(PROFILE) --out $@
 $(FG)/figure1.png: $(RS)/figure1_lr.json
 	$(PY) -m figures.figure1 $< --out $@
 
 figure4: $(STAMP)
-	@$(SUBMAKE) $(FG)/figure4.png
+	@+$(SUBMAKE) $(FG)/figure4.png
 $(FG)/figure4.png: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
 	$(PY) -m figures.figure4 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 summary: $(STAMP)
-	@$(SUBMAKE) $(RS)/summary.txt
+	@+$(SUBMAKE) $(RS)/summary.txt
 	@cat $(RS)/summary.txt
 $(RS)/summary.txt: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
 	$(PY) -m experiments.summary --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
