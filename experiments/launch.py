@@ -97,10 +97,11 @@ def job_main(module: str, args: Sequence[str]) -> None:
 
 
 def slurm_state(job_id: str) -> str | None:
-    """The job's state from scontrol (needs no accounting); None once Slurm has forgotten the job."""
+    """The job's state from scontrol (needs no accounting); "UNKNOWN" once Slurm has forgotten the job,
+    None if Slurm did not answer (a busy controller: ask again)."""
     r = subprocess.run(["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True)
     if r.returncode != 0:
-        return None
+        return "UNKNOWN" if "invalid job id" in r.stderr.lower() else None
     fields = dict(w.split("=", 1) for w in r.stdout.split() if "=" in w)
     state = fields.get("JobState")
     # A cancelled job is CANCELLED at once but may still have processes until its COMPLETING flag clears.
@@ -113,10 +114,8 @@ def wait_for(job_id: str, max_poll_s: float = 5.0) -> str:
     poll = 1.0
     while True:
         state = slurm_state(job_id)
-        if state is None:
-            return "UNKNOWN"
-        if state.split()[0] in FINAL_STATES:
-            return state.split()[0]
+        if state is not None and state in FINAL_STATES | {"UNKNOWN"}:
+            return state
         time.sleep(poll)
         poll = min(max_poll_s, poll * 1.25)
 
