@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from backdoor.attacks import make_attack
+from backdoor.attacks.presets import attack_params as preset_attack_params
 from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
 from backdoor.models import make_model
@@ -30,7 +31,8 @@ def train(args: argparse.Namespace) -> None:
     """Train the backdoored model with the attack's own procedure; save checkpoint, poisoned set, history."""
     prof, device = get_profile(args.profile), resolve_device(args.device)
     cfg = prof.train_config(args.dataset)
-    attack_params = {"target": prof.target, **({"key_image": args.key_image} if args.key_image else {})}
+    attack_params = {"target": prof.target, **preset_attack_params(prof.name, args.attack),
+                     **({"key_image": args.key_image} if args.key_image else {})}
     attack = make_attack(args.attack, **attack_params).to(device)
     setup(f"train {args.dataset}/{args.attack} ({prof.name})",
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
