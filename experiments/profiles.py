@@ -70,11 +70,11 @@ PROFILES: dict[str, Profile] = {
     "demo": Profile("demo", ("digits",), ("badnets", "blended"), 16,
                     TrainConfig(epochs=40, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=40),
                     finetune_epochs=15, finetune_batch=64, ft_lr=0.001,
-                    sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=10), reinject_epochs=8, mia_epochs=100),
+                    sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=10), reinject_epochs=10, mia_epochs=100),
     "smoke": Profile("smoke", ("digits",), ("badnets", "blended"), 16,
                      TrainConfig(epochs=40, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=40),
                      finetune_epochs=10, finetune_batch=64, ft_lr=0.001,
-                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5), reinject_epochs=4, mia_epochs=100),
+                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5), reinject_epochs=10, mia_epochs=100),
 }
 
 
