@@ -6,8 +6,11 @@ ENC_MODES := classifier whole clean
 ENC_CK     = $(CK)/encoder
 ENC_RS     = $(RS)/encoder
 enc_field  = $(shell $(PY) -m experiments.encoder field --profile $(PROFILE) --name $(1))
-ENC_PRE   ?=
-ENC_DOWN  ?=
+# `figure2` passes them; a multi-figure build (`make all`, FIGS=...) computes them here.
+ifeq ($(origin ENC_PRE),undefined)
+ENC_PRE   := $(if $(filter figure2,$(FIGS)),$(call enc_field,pretrain_sets))
+ENC_DOWN  := $(if $(filter figure2,$(FIGS)),$(call enc_field,downstream_sets))
+endif
 
 .PHONY: figure2
 
