@@ -27,6 +27,7 @@ def main() -> None:
             if rec.get("skipped"):
                 ax.text(0.5, 0.5, f"{rec['n_poison']} poisoned images\n(ratio {r} of {rec['n_train']})",
                         ha="center", va="center", transform=ax.transAxes, fontsize=9)
+                ax.set_xlim(0, rec["epochs"])
                 break
             h = rec["history"]
             color = "black" if m == "clean" else MARKERS.get(m, ("o", "gray"))[1]
