@@ -21,7 +21,8 @@ from backdoor.attacks.badencoder import BadEncoder, train_badencoder
 from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
 from backdoor.data import ImageData
 from backdoor.models import ENCODER_STATS, DownstreamClassifier, SimCLRModel
-from backdoor.ssl import knn_accuracy, pretrain_simclr
+from backdoor.poison import poisoned_test_set
+from backdoor.ssl import encode, knn_accuracy, pretrain_simclr
 from backdoor.train import TrainConfig, fit
 from experiments.common import (ARTIFACTS, evaluator_for, jsonable, load_data, resolve_device, run_main, setup,
                                 write_result)
@@ -147,6 +148,17 @@ def shadow_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
+@torch.no_grad()
+def alignment(encoder: torch.nn.Module, data: ImageData, attack: BadEncoder) -> dict:
+    """Mean cosine to the reference embedding of the downstream non-target test images, triggered
+    and clean. L0 alone can look converged while every image is already that close (the first
+    demo encoder had cosine ~0.99 everywhere); a working backdoor separates the two."""
+    x_bd, _ = poisoned_test_set(data.x_test, data.y_test, attack)
+    ref = encode(encoder, attack.reference)
+    return {"cos_triggered_ref": (encode(encoder, x_bd) @ ref.T).mean().item(),
+            "cos_clean_ref": (encode(encoder, data.x_test[data.y_test != attack.target]) @ ref.T).mean().item()}
+
+
 def badencoder(args: argparse.Namespace) -> None:
     """Backdoor the clean encoder for one downstream task (its target class and reference image)."""
     prof, device = get_profile(args.profile), resolve_device(args.device)
@@ -159,20 +171,25 @@ def badencoder(args: argparse.Namespace) -> None:
     setup(f"badencoder {args.pretrain} -> {args.downstream} ({prof.name})",
           {"badencoder": prof.badencoder, "target": target, "reference_index": ref_idx, "shadow": len(shadow),
            "lambda1": prof.lambda1, "lambda2": prof.lambda2, "device": device})
+    before = alignment(model.f, down, attack)
     history = train_badencoder(model.f, shadow, attack, replace(prof.badencoder, seed=prof.seed),
                                prof.lambda1, prof.lambda2)
+    after = alignment(model.f, down, attack)
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": clean_meta["arch"], "profile": prof.name, "pretrain": args.pretrain, "downstream": args.downstream,
             "attack": {"name": attack.name, "params": attack.params()}, "target": target,
             "reference": {"dataset": args.downstream, "split": "test", "index": ref_idx, "seed": prof.seed},
             "badencoder": prof.badencoder, "lambda1": prof.lambda1, "lambda2": prof.lambda2, "shadow": len(shadow),
-            "final": history[-1], "train_seconds": seconds, "device": str(device)}
+            "final": history[-1], "alignment_before": before, "alignment": after, "train_seconds": seconds,
+            "device": str(device)}
     write_result(enc_dir("results", prof, args.pretrain, args.downstream) / "badencoder.json",
                  {**meta, "history": history})
     save_model(enc_dir("checkpoints", prof, args.pretrain, args.downstream) / "badencoder.safetensors", model,
                jsonable(meta), attack)
     f = history[-1]
-    print(f"badencoder: L0 {f['l0']:.3f}  L1 {f['l1']:.3f}  L2 {f['l2']:.3f}  ({seconds:.0f} s training)")
+    print(f"badencoder: L0 {f['l0']:.3f}  L1 {f['l1']:.3f}  L2 {f['l2']:.3f}  ({seconds:.0f} s training); "
+          f"cos to reference: triggered {before['cos_triggered_ref']:.3f} -> {after['cos_triggered_ref']:.3f}, "
+          f"clean {before['cos_clean_ref']:.3f} -> {after['cos_clean_ref']:.3f}")
 
 
 def downstream_attack(prof: EncoderProfile, pretrain: str, down: str, device: torch.device) -> tuple[BadEncoder, dict]:

@@ -208,6 +208,8 @@ def test_encoder_chain_smoke(tmp_path, monkeypatch):
     rs = tmp_path / "results" / "smoke" / "encoder" / "digits"
     bad = json.loads((rs / "digits" / "badencoder.json").read_text())
     assert small.y_test[bad["reference"]["index"]] == bad["target"] == 0
+    assert all(-1 <= bad[k][c] <= 1 for k in ("alignment_before", "alignment")
+               for c in ("cos_triggered_ref", "cos_clean_ref"))
     for mode in ("classifier", "whole"):
         res = json.loads((rs / "digits" / f"{mode}.json").read_text())
         assert [r["epoch"] for r in res["history"]] == [0, 1, 2] and res["first_epoch_seconds"] > 0
