@@ -13,7 +13,9 @@ import argparse
 import time
 
 import torch
+import torch.nn as nn
 
+from backdoor.attacks import Attack
 from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
 from backdoor.metrics import accuracy
 from backdoor.models import make_model
@@ -21,7 +23,7 @@ from backdoor.train import fit
 from defenses import DEFENSES
 from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
                                 run_main, setup, write_result)
-from experiments.profiles import get_profile
+from experiments.profiles import Profile, get_profile
 from experiments.standalone import load_poisoned_set
 from experiments.transfer import clean_path
 from sequela.mia import membership_inference, mia_split
@@ -91,7 +93,8 @@ def mia(args: argparse.Namespace) -> None:
           f"(model CA {quality['ca']:.3f}, ASR {quality['asr']:.3f})")
 
 
-def load_start(prof, dataset: str, attack_name: str, model_name: str, device: torch.device):
+def load_start(prof: Profile, dataset: str, attack_name: str, model_name: str,
+               device: torch.device) -> tuple[nn.Module, Attack]:
     """(model to re-inject into, the original attack) for `clean` or a defended checkpoint."""
     ck = run_dir("checkpoints", prof.name, dataset, attack_name)
     if model_name != "clean":
