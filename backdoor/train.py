@@ -46,14 +46,16 @@ class TrainConfig:
     compile: bool = False
     seed: int = 0
     optimizer: str = "sgd"  # "sgd" or "adam" (Adam: default betas, momentum unused; encoder downstream)
+    eval_every: int = 1  # evaluate after every n-th epoch and the last (epoch 0 always)
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: constant, cosine")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adam")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0:
-            raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}")
+        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or self.eval_every < 1:
+            raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}, "
+                             f"eval_every={self.eval_every}")
 
 
 def default_device() -> torch.device:
@@ -124,7 +126,8 @@ def fit(
     """Train `model` in place with SGD (or Adam, `cfg.optimizer`) on uint8 images x [N,3,H,W] and labels y.
 
     Returns one record per epoch (epoch 0 = before training): lr, loss, train seconds
-    (device-synchronised, evaluation excluded) and whatever `evaluate(model)` returns.
+    (device-synchronised, evaluation excluded) and whatever `evaluate(model)` returns
+    (after every `cfg.eval_every`-th epoch and the last).
     `params` restricts the optimised parameters (default: all); `loss_fn(net, x, y)`
     replaces cross-entropy.
     """
@@ -168,7 +171,8 @@ def fit(
         _sync(device)
         rec = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": loss_sum.item() / spe,
                "seconds": time.perf_counter() - t0}
-        rec.update(evaluate(model) if evaluate else {})
+        if evaluate and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
+            rec.update(evaluate(model))
         history.append(rec)
         bar.set_postfix({k: f"{v:.3f}" for k, v in rec.items() if k in ("loss", "ca", "asr")})
         log.info("%s epoch %d %s", desc, epoch, rec)

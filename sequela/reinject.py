@@ -37,7 +37,7 @@ def reinject(model: nn.Module, attack: Attack, data: ImageData, cfg: TrainConfig
     `seed` draws the poisoned images and the batch order; pass one that differs from the
     original attack's so the poisoned set is fresh.
     """
-    cfg = replace(cfg, epochs=epochs, seed=seed)
+    cfg = replace(cfg, epochs=epochs, seed=seed, eval_every=1)  # Fig. 11 plots every epoch
     n_poison = num_poisoned(attack, len(data.x_train), ratio, cfg)
     record: dict[str, Any] = {"ratio": ratio, "n_poison": n_poison, "epochs": epochs, "seed": seed,
                               "n_train": len(data.x_train)}

@@ -45,6 +45,21 @@ def test_fit_is_deterministic_and_learns():
     assert runs[0][1] > 0.9 and len(hist) == 4 and hist[0]["epoch"] == 0
 
 
+def test_eval_every_evaluates_every_nth_epoch_and_the_last_with_the_same_training():
+    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(32) % 2
+    runs = []
+    for every in (1, 3):
+        torch.manual_seed(0)
+        model = make_model("preactresnet18", 2, width=4)
+        calls: list[int] = []
+        hist = fit(model, x, y, TrainConfig(epochs=7, batch_size=16, eval_every=every),
+                   evaluate=lambda m: calls.append(1) or {"ca": 0.5})
+        runs.append([r["loss"] for r in hist[1:]])
+    assert [r["epoch"] for r in hist if "ca" in r] == [0, 3, 6, 7] and len(calls) == 4
+    assert runs[0] == runs[1]  # skipping evaluation does not change training
+
+
 def test_steps_per_epoch():
     assert steps_per_epoch(50000, 256) == 195 and steps_per_epoch(50000, 256, drop_last=False) == 196
     assert steps_per_epoch(10, 256) == 1
