@@ -77,7 +77,7 @@ PROFILES: dict[str, Profile] = {
     "smoke": Profile("smoke", ("digits",), ("badnets", "blended"), 16,
                      TrainConfig(epochs=40, batch_size=64, lr=0.01, schedule="cosine", cosine_t_max=40, eval_every=10),
                      finetune_epochs=10, finetune_batch=64, ft_lr=0.001,
-                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5), reinject_epochs=10, mia_epochs=100),
+                     sft=SFTConfig(half_cycle_epochs=2.5, phase1_epochs=5), reinject_epochs=15, mia_epochs=100),
 }
 
 

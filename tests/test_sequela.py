@@ -93,7 +93,8 @@ def stand_in(digits: ImageData) -> dict:
     takes minutes on CPU). Same recipe as the smoke profile's attack training, fewer epochs."""
     torch.manual_seed(0)
     model = make_model("preactresnet18", 10, SMOKE.width, "digits")
-    fit(model, digits.x_train, digits.y_train, replace(SMOKE.train_config("digits"), epochs=6))
+    # Annealed to the end (T_max = epochs) so that it is converged, as a defended model is.
+    fit(model, digits.x_train, digits.y_train, replace(SMOKE.train_config("digits"), epochs=6, cosine_t_max=6))
     return model.state_dict()
 
 
