@@ -48,6 +48,14 @@ runargs   = --dataset $(word 1,$(subst /, ,$(1))) --attack $(word 2,$(subst /, ,
 
 .PHONY: all demo demo-full figure-files test bench data figure1 figure4 summary clean-demo help
 .DELETE_ON_ERROR:
+# `make -j figure4 figure5` must not build their shared steps twice at once: given named goals (not
+# file paths), the top-level make runs them one after another and each goal's sub-make runs its steps
+# in parallel (make -j is passed on). File goals (`make -j 8 artifacts/...`) stay parallel.
+ifeq ($(MAKELEVEL),0)
+ifneq ($(strip $(foreach g,$(MAKECMDGOALS),$(if $(findstring /,$(g)),,$(g)))),)
+.NOTPARALLEL:
+endif
+endif
 .SECONDARY:
 
 help:
