@@ -8,18 +8,27 @@ import torch.nn as nn
 
 
 @torch.no_grad()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Top-1 predictions for uint8 images [N,3,H,W]; runs on the model's device, keeps its mode."""
+def batched_outputs(model: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] = lambda o: o,
+                    batch_size: int = 1024) -> torch.Tensor:
+    """fn(model output) for uint8 images [N,3,H,W] in eval mode, batched on the model's device; on the CPU.
+
+    bf16 autocast and channels_last on CUDA as in training; the model's train/eval mode is restored.
+    """
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    preds = []
+    out = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(device, non_blocking=True).float().div_(255.0)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            preds.append(model(xb.contiguous(memory_format=torch.channels_last)).argmax(1))
+            out.append(fn(model(xb.contiguous(memory_format=torch.channels_last))).cpu())
     model.train(was_training)
-    return torch.cat(preds).cpu() if preds else torch.empty(0, dtype=torch.long)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Top-1 predictions for uint8 images [N,3,H,W]; runs on the model's device, keeps its mode."""
+    return batched_outputs(model, x, lambda o: o.argmax(1), batch_size).long()
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

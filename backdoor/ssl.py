@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from backdoor.metrics import batched_outputs
+
 from .train import TrainConfig, make_optimizer, steps_per_epoch
 
 log = logging.getLogger(__name__)
@@ -202,19 +204,9 @@ def pretrain_simclr(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, aug: Si
     return run_epochs(model, x, cfg, step, model.parameters(), evaluate=evaluate, desc="simclr")
 
 
-@torch.no_grad()
 def encode(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """L2-normalised eval-mode features of uint8 images x, on the encoder's device (mode restored)."""
-    device = next(encoder.parameters()).device
-    was = encoder.training
-    encoder.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device).float().div_(255.0)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(F.normalize(encoder(channels_last(xb)).float(), dim=1))
-    encoder.train(was)
-    return torch.cat(out)
+    return batched_outputs(encoder, x, lambda z: F.normalize(z.float(), dim=1), batch_size)
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from backdoor.metrics import batched_outputs
+
 
 @dataclass(frozen=True)
 class MIASplit:
@@ -48,21 +50,11 @@ def mia_split(n_train: int, n_test: int, seed: int = 0, exclude: Optional[torch.
                     members[h : 2 * h].sort().values, test_perm[h : 2 * h].sort().values)
 
 
-@torch.no_grad()
 def attack_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """[N, C+1] float features: sorted softmax posteriors and the top-1 correctness flag (CPU, fp32)."""
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device).float().div_(255.0)
-        logits = model(xb).float()
-        post = F.softmax(logits, 1)
-        correct = (logits.argmax(1).cpu() == y[i : i + batch_size].cpu()).float()[:, None]
-        out.append(torch.cat([post.sort(1, descending=True).values.cpu(), correct], 1))
-    model.train(was_training)
-    return torch.cat(out)
+    logits = batched_outputs(model, x, lambda o: o.float(), batch_size)
+    correct = (logits.argmax(1) == y.cpu()).float()[:, None]
+    return torch.cat([F.softmax(logits, 1).sort(1, descending=True).values, correct], 1)
 
 
 class AttackMLP(nn.Module):
