@@ -9,10 +9,10 @@ import torch.nn as nn
 
 @torch.no_grad()
 def batched_outputs(model: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] = lambda o: o,
-                    batch_size: int = 1024) -> torch.Tensor:
+                    batch_size: int = 1024, bf16: bool = True) -> torch.Tensor:
     """fn(model output) for uint8 images [N,3,H,W] in eval mode, batched on the model's device; on the CPU.
 
-    bf16 autocast and channels_last on CUDA as in training; the model's train/eval mode is restored.
+    channels_last, and bf16 autocast on CUDA unless `bf16=False`; the model's train/eval mode is restored.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -20,7 +20,7 @@ def batched_outputs(model: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tenso
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(device, non_blocking=True).float().div_(255.0)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
             out.append(fn(model(xb.contiguous(memory_format=torch.channels_last))).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)

@@ -19,8 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from backdoor.metrics import batched_outputs
-
+from .metrics import batched_outputs
 from .train import TrainConfig, make_optimizer, steps_per_epoch
 
 log = logging.getLogger(__name__)

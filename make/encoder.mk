@@ -6,7 +6,7 @@ ENC_MODES := classifier whole clean
 ENC_CK     = $(CK)/encoder
 ENC_RS     = $(RS)/encoder
 enc_field  = $(shell $(PY) -m experiments.encoder field --profile $(PROFILE) --name $(1))
-# `figure2` passes them; a multi-figure build (`make all`, FIGS=...) computes them here.
+# Computed when figure2 is among the figures built (`make figure2`, `make all`), or given on the command line.
 ifeq ($(origin ENC_PRE),undefined)
 ENC_PRE   := $(if $(filter figure2,$(FIGS)),$(call enc_field,pretrain_sets))
 ENC_DOWN  := $(if $(filter figure2,$(FIGS)),$(call enc_field,downstream_sets))
@@ -15,8 +15,7 @@ endif
 .PHONY: figure2
 
 figure2: $(STAMP)
-	@$(MAKE) --no-print-directory $(FG)/figure2.png \
-	  ENC_PRE="$(call enc_field,pretrain_sets)" ENC_DOWN="$(call enc_field,downstream_sets)"
+	@+$(MAKE) --no-print-directory FIGS=figure2 figure-files
 
 $(ENC_CK)/%/simclr.safetensors: | $(STAMP)
 	$(RUN) experiments.encoder pretrain --profile $(PROFILE) --pretrain $* $(DEVFLAG)

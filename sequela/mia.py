@@ -52,7 +52,7 @@ def mia_split(n_train: int, n_test: int, seed: int = 0, exclude: Optional[torch.
 
 def attack_features(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
     """[N, C+1] float features: sorted softmax posteriors and the top-1 correctness flag (CPU, fp32)."""
-    logits = batched_outputs(model, x, lambda o: o.float(), batch_size)
+    logits = batched_outputs(model, x, lambda o: o.float(), batch_size, bf16=False)  # fp32 posteriors
     correct = (logits.argmax(1) == y.cpu()).float()[:, None]
     return torch.cat([F.softmax(logits, 1).sort(1, descending=True).values, correct], 1)
 
