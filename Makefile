@@ -3,6 +3,7 @@
 #   make demo                 whole pipeline on embedded digits, CPU, minutes
 #   make test                 the test suite (CPU)
 #   make figure4 PROFILE=quick
+#   make figure4 PROFILE=quick SET="finetune_epochs=5 sft.lr_max1=0.3"   overrides -> artifacts of quick+<hash>
 #   make all                  every figure that exists, paper profile (GPU + datasets)
 
 PYTHON   ?= python3
@@ -13,9 +14,20 @@ PROFILE  ?= paper
 DEVICE   ?=
 A        ?= artifacts
 export ARTIFACTS = $(A)
-CK        = $(A)/checkpoints/$(PROFILE)
-RS        = $(A)/results/$(PROFILE)
-FG        = $(A)/figures/$(PROFILE)
+# SET="key=value ..." overrides profile settings (typed, checked: experiments/profiles.py); every step gets
+# them as --set. Overridden, the artifacts go to <profile>+<hash of the overrides>, never the profile's own.
+SET      ?=
+SETFLAGS  = $(foreach s,$(SET),--set $(s))
+PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
+ifeq ($(strip $(SET)),)
+PDIR     := $(PROFILE)
+else
+PDIR     := $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS))
+$(if $(PDIR),,$(error SET="$(SET)" does not apply to PROFILE=$(PROFILE); see the line above))
+endif
+CK        = $(A)/checkpoints/$(PDIR)
+RS        = $(A)/results/$(PDIR)
+FG        = $(A)/figures/$(PDIR)
 DEVFLAG   = $(if $(DEVICE),--device $(DEVICE))
 # Where steps run (experiments/launch.py; README "Running on GPUs and on Slurm"). Recipes prefix steps with $(RUN).
 #   LAUNCHER=local  in make's process; GPUS=0,1,... gives each concurrent `make -j` step its own GPU
@@ -34,7 +46,7 @@ LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS) --slots $(A)/.slots)
 RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) \
   $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
-profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1)))
+profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS)))
 # Evaluated once per Make run (each call imports torch), unless given on the command line.
 ifeq ($(origin DATASETS),undefined)
 DATASETS := $(call profile_field,datasets)
@@ -106,11 +118,11 @@ data: $(STAMP)
 
 # ---- standalone scenario: backdoored model -> FT / SFT --------------------------------
 $(CK)/%/backdoor.safetensors: | $(STAMP)
-	$(RUN) experiments.standalone train --profile $(PROFILE) $(call runargs,$*) $(DEVFLAG)
+	$(RUN) experiments.standalone train $(PROFLAGS) $(call runargs,$*) $(DEVFLAG)
 
 define defense_rule
 $$(RS)/%/$(1).json: $$(CK)/%/backdoor.safetensors
-	$$(RUN) experiments.standalone defend --profile $$(PROFILE) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
+	$$(RUN) experiments.standalone defend $$(PROFLAGS) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
 endef
 $(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
 
@@ -118,7 +130,7 @@ $(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
 figure1: $(STAMP)
 	@+$(SUBMAKE) $(FG)/figure1.png
 $(RS)/figure1_lr.json: | $(STAMP)
-	$(RUN) experiments.lr_schedule --profile $(PROFILE) --out $@
+	$(RUN) experiments.lr_schedule $(PROFLAGS) --out $@
 $(FG)/figure1.png: $(RS)/figure1_lr.json
 	$(PY) -m figures.figure1 $< --out $@
 
@@ -131,7 +143,7 @@ summary: $(STAMP)
 	@+$(SUBMAKE) $(RS)/summary.txt
 	@cat $(RS)/summary.txt
 $(RS)/summary.txt: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
-	$(PY) -m experiments.summary --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
+	$(PY) -m experiments.summary $(PROFLAGS) --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 clean-demo:
 	rm -rf $(A)/checkpoints/demo $(A)/results/demo $(A)/figures/demo

@@ -105,9 +105,53 @@ def make_scheduler(cfg: TrainConfig) -> SchedulerFactory:
     return factory
 
 
-def _sync(device: torch.device) -> None:
+def device_of(model: nn.Module) -> torch.device:
+    """The device holding the model's parameters."""
+    return next(model.parameters()).device
+
+
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work, so that wall time measures it (no-op off CUDA)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+class Clock:
+    """The one timer of device time: synchronised wall seconds since start, minus monitored evaluations.
+
+    Evaluations that only record CA/ASR go through `monitor` and are not charged; evaluations
+    a method decides on (FP's accuracy rule) are called directly and therefore counted.
+    """
+
+    def __init__(self, device: torch.device):
+        self.device, self.excluded = device, 0.0
+        sync(device)
+        self.t0 = time.perf_counter()
+
+    def monitor(self, evaluate: Optional[Evaluator]) -> Optional[Evaluator]:
+        """`evaluate` whose own time is not charged (idempotent: a monitored one is returned as is)."""
+        if evaluate is None or getattr(evaluate, "clock", None) is self:
+            return evaluate
+
+        def timed(model: nn.Module) -> dict:
+            sync(self.device)
+            t = time.perf_counter()
+            out = evaluate(model)
+            sync(self.device)
+            self.excluded += time.perf_counter() - t
+            return out
+
+        timed.clock = self  # type: ignore[attr-defined]
+        return timed
+
+    def seconds(self) -> float:
+        """Device seconds charged so far."""
+        sync(self.device)
+        return time.perf_counter() - self.t0 - self.excluded
+
+    def hours(self) -> float:
+        """Device hours charged so far."""
+        return self.seconds() / 3600
 
 
 def fit(
@@ -121,6 +165,7 @@ def fit(
     batch_hook: Optional[BatchHook] = None,
     params: Optional[list] = None,
     loss_fn: Optional[LossFn] = None,
+    clock: Optional[Clock] = None,
     desc: str = "train",
 ) -> list[dict]:
     """Train `model` in place with SGD (or Adam, `cfg.optimizer`) on uint8 images x [N,3,H,W] and labels y.
@@ -129,9 +174,12 @@ def fit(
     (device-synchronised, evaluation excluded) and whatever `evaluate(model)` returns
     (after every `cfg.eval_every`-th epoch and the last).
     `params` restricts the optimised parameters (default: all); `loss_fn(net, x, y)`
-    replaces cross-entropy.
+    replaces cross-entropy. Each record also holds `device_seconds`, the cumulative charge of
+    `clock` (default: one started here) after that epoch, so a caller can charge any budget.
     """
-    device = next(model.parameters()).device
+    device = device_of(model)
+    clock = clock or Clock(device)
+    evaluate = clock.monitor(evaluate)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x, y = x.to(device), y.to(device)
@@ -145,11 +193,11 @@ def fit(
     opt = make_optimizer(cfg, params if params is not None else model.parameters())
     sched = (scheduler or make_scheduler(cfg))(opt, spe)
     history = [{"epoch": 0, "lr": opt.param_groups[0]["lr"], "loss": float("nan"), "seconds": 0.0,
-                **(evaluate(model) if evaluate else {})}]
+                **(evaluate(model) if evaluate else {}), "device_seconds": clock.seconds()}]
     bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=None, leave=False)
     for epoch in bar:
         model.train()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         loss_sum = torch.zeros((), device=device)
         perm = torch.randperm(len(x), device=device, generator=gen)
@@ -168,9 +216,9 @@ def fit(
             opt.step()
             sched.step()
             loss_sum += loss.detach()
-        _sync(device)
+        sync(device)
         rec = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": loss_sum.item() / spe,
-               "seconds": time.perf_counter() - t0}
+               "seconds": time.perf_counter() - t0, "device_seconds": clock.seconds()}
         if evaluate and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             rec.update(evaluate(model))
         history.append(rec)

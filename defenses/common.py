@@ -1,15 +1,14 @@
-"""Pieces the baseline defences share: budgets, clean subsets, fresh models, features, timing, scoring."""
+"""Pieces the baseline defences share: budgets, clean subsets, fresh models, features, staged timing, scoring."""
 from __future__ import annotations
 
 import copy
-import time
 from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
-from backdoor.train import TrainConfig, fit
+from backdoor.train import Clock, TrainConfig, device_of, fit
 
 from .base import DefenseContext, DefenseResult
 
@@ -40,49 +39,6 @@ def step_lr(drop_epoch: int, factor: float):
         return torch.optim.lr_scheduler.LambdaLR(opt, lambda step: 1.0 if step // spe < drop_epoch else factor)
 
     return factory
-
-
-def device_of(model: nn.Module) -> torch.device:
-    """The device holding the model's parameters."""
-    return next(model.parameters()).device
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Clock:
-    """Device-synchronised wall time of a whole defence, minus the time of monitoring evaluations.
-
-    Evaluations that only record CA/ASR for the history go through `monitor`; evaluations the
-    defence decides on (FP's accuracy rule) are called directly and therefore counted.
-    """
-
-    def __init__(self, device: torch.device):
-        self.device, self.excluded = device, 0.0
-        _sync(device)
-        self.t0 = time.perf_counter()
-
-    def monitor(self, evaluate: Optional[Callable[[nn.Module], dict]]) -> Optional[Callable[[nn.Module], dict]]:
-        """`evaluate` whose own time is not charged to the defence."""
-        if evaluate is None:
-            return None
-
-        def timed(model: nn.Module) -> dict:
-            _sync(self.device)
-            t = time.perf_counter()
-            out = evaluate(model)
-            _sync(self.device)
-            self.excluded += time.perf_counter() - t
-            return out
-
-        return timed
-
-    def hours(self) -> float:
-        """Device hours spent so far."""
-        _sync(self.device)
-        return (time.perf_counter() - self.t0 - self.excluded) / 3600
 
 
 def clean_subset(ctx: DefenseContext, ratio: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -141,15 +97,18 @@ def detection_scores(flagged: torch.Tensor, poison_idx: Optional[torch.Tensor]) 
 
 
 class Stages:
-    """Concatenates per-stage `fit` histories into one, numbered on, tagged with the stage name."""
+    """Concatenates per-stage `fit` histories into one, numbered on, tagged with the stage name.
 
-    def __init__(self, first: dict):
-        self.history = [{**first, "stage": "before"}]
+    Every stage is timed by the defence's one `clock`, so `device_seconds` is cumulative over stages.
+    """
+
+    def __init__(self, first: dict, clock: Clock):
+        self.history, self.clock = [{**first, "stage": "before"}], clock
 
     def run(self, stage: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             **kw) -> list[dict]:
         """`fit` one stage and append its epochs (its epoch 0 is the previous stage's end)."""
-        hist = fit(model, x, y, cfg, desc=stage, **kw)
+        hist = fit(model, x, y, cfg, desc=stage, clock=self.clock, **kw)
         base = self.history[-1]["epoch"]
         # A 0-epoch stage still changes the result when its model is a fresh one: keep its row.
         self.history += [{**r, "epoch": base + r["epoch"], "stage": stage} for r in hist[1:] or hist]
@@ -158,7 +117,8 @@ class Stages:
     def add(self, record: dict, stage: str) -> None:
         """Append one non-training record (e.g. the model after pruning)."""
         self.history.append({"loss": float("nan"), "seconds": 0.0, "lr": 0.0, **record,
-                             "epoch": self.history[-1]["epoch"], "stage": stage})
+                             "epoch": self.history[-1]["epoch"], "stage": stage,
+                             "device_seconds": self.clock.seconds()})
 
 
 def start(ctx: DefenseContext) -> tuple[Clock, Stages, Optional[Callable[[nn.Module], dict]]]:
@@ -167,7 +127,7 @@ def start(ctx: DefenseContext) -> tuple[Clock, Stages, Optional[Callable[[nn.Mod
     evaluate = clock.monitor(ctx.evaluate)
     first = {"epoch": 0, "lr": 0.0, "loss": float("nan"), "seconds": 0.0,
              **(evaluate(ctx.model) if evaluate else {})}
-    return clock, Stages(first), evaluate
+    return clock, Stages({**first, "device_seconds": clock.seconds()}, clock), evaluate
 
 
 def finish(model: nn.Module, stages: Stages, clock: Clock, info: dict) -> DefenseResult:

@@ -1,6 +1,7 @@
 """Conventional fine-tuning (FT) and super-fine-tuning (SFT), paper Section 3.2.
 
-FT: whole-model fine-tuning at a constant LR equal to the training LR.
+FT: whole-model fine-tuning at a constant LR, `ctx.train.lr` (the profile's `ft_lr`: the training
+LR 0.001 in `paper`; quick/demo/smoke set their own, see experiments/profiles.py).
 SFT: triangular cyclic LR stepped per batch between LR_BASE and LR_MAX1 for the first
 `phase1_epochs` epochs, then between LR_BASE and LR_MAX2. The paper's "500 iterations"
 is read as the half-cycle (`step_size_up`); small profiles give the half-cycle in epochs
@@ -15,7 +16,7 @@ from typing import Optional
 import torch
 from torch.optim.lr_scheduler import CyclicLR
 
-from backdoor.train import fit, steps_per_epoch
+from backdoor.train import Clock, device_of, fit, steps_per_epoch
 
 from .base import DefenseContext, DefenseResult
 
@@ -72,14 +73,16 @@ def sft_lr_trace(cfg: SFTConfig, spe: int, total_steps: int) -> list[float]:
 
 
 def finetune(ctx: DefenseContext) -> DefenseResult:
-    """FT: fine-tune the whole model on the clean set at a constant LR (the training LR)."""
+    """FT: fine-tune the whole model on the clean set at the constant LR `ctx.train.lr`."""
     cfg = replace(ctx.train, schedule="constant")
-    history = fit(ctx.model, ctx.x_clean, ctx.y_clean, cfg, evaluate=ctx.evaluate, desc="ft")
-    return DefenseResult(ctx.model, history)
+    clock = Clock(device_of(ctx.model))
+    history = fit(ctx.model, ctx.x_clean, ctx.y_clean, cfg, evaluate=ctx.evaluate, clock=clock, desc="ft")
+    return DefenseResult(ctx.model, history, {"device_hours": clock.hours()})
 
 
 def super_finetune(ctx: DefenseContext) -> DefenseResult:
     """SFT: fine-tune the whole model on the clean set with the super-fine-tuning LR schedule."""
+    clock = Clock(device_of(ctx.model))
     sft = ctx.params.get("sft", SFTConfig())
     cfg = replace(ctx.train, lr=sft.lr_base)
     spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last)
@@ -87,8 +90,10 @@ def super_finetune(ctx: DefenseContext) -> DefenseResult:
     def scheduler(opt: torch.optim.Optimizer, spe_: int) -> SuperFineTuningLR:
         return SuperFineTuningLR(opt, sft, spe_)
 
-    history = fit(ctx.model, ctx.x_clean, ctx.y_clean, cfg, scheduler=scheduler, evaluate=ctx.evaluate, desc="sft")
-    return DefenseResult(ctx.model, history, {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe})
+    history = fit(ctx.model, ctx.x_clean, ctx.y_clean, cfg, scheduler=scheduler, evaluate=ctx.evaluate,
+                  clock=clock, desc="sft")
+    return DefenseResult(ctx.model, history, {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe,
+                                              "device_hours": clock.hours()})
 
 
 __all__ = ["SFTConfig", "SuperFineTuningLR", "finetune", "super_finetune", "sft_lr_trace"]

@@ -18,8 +18,8 @@ import torch
 from defenses import DefenseContext, SFTConfig, get_defense
 from experiments.common import evaluator_for, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
     write_result
-from experiments.profiles import Profile, get_profile
-from experiments.sweeps import AblationPoint, SweepConfig, get_sweeps, parse_point, point_epochs
+from experiments.profiles import Profile, add_profile_args, profile_from
+from experiments.sweeps import AblationPoint, SweepConfig, parse_point, point_epochs
 
 
 def subset_indices(n: int, fraction: float, seed: int) -> torch.Tensor:
@@ -59,7 +59,7 @@ def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, po
     result = get_defense(point.defense)(ctx)
     final = result.history[-1]
     print(f"{point.name}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  ({len(idx)} images)")
-    return {"point": point, "name": point.name, "profile": prof.name, "dataset": dataset, "attack": attack_name,
+    return {"point": point, "name": point.name, **prof.stamp(), "dataset": dataset, "attack": attack_name,
             "finetune": cfg, "sft": sft, "subset_size": len(idx), "subset_seed": sw.subset_seed,
             "train_size": len(data.x_train), "final": final,
             "train_seconds": sum(r["seconds"] for r in result.history), **result.info, "history": result.history}
@@ -67,7 +67,7 @@ def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, po
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="demo")
+    add_profile_args(ap)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--attack", required=True)
     ap.add_argument("--points", nargs="+", required=True, help="e.g. sft_frac0.1_max0.1 ft_lr0.001")
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
 
     def step(a: argparse.Namespace) -> None:
-        prof, sw, device = get_profile(a.profile), get_sweeps(a.profile), resolve_device(a.device)
+        prof, device = profile_from(a), resolve_device(a.device)
+        sw = prof.sweeps
         for point in [parse_point(p) for p in a.points]:
             out = run_dir("results", prof.name, a.dataset, a.attack) / "ablation" / f"{point.name}.json"
             if not out.exists():

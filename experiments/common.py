@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 
 from backdoor.attacks import Attack, make_attack
-from backdoor.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, load_state_into, split
+from backdoor.checkpoint import (CheckpointError, atomic_write_json, environment, load_checkpoint, load_state_into,
+                                 split)
 from backdoor.data import ImageData, load_dataset
 from backdoor.metrics import make_evaluator
 from backdoor.models import make_model
@@ -49,7 +50,8 @@ def jsonable(obj: Any) -> Any:
 
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
-    """Atomically write a results JSON (with the Slurm job id when the step ran as a Slurm job)."""
+    """Atomically write a results JSON with the checkpoint sidecar's provenance block (`env`) and Slurm job id."""
+    result = {**result, "env": environment()}
     if os.environ.get("SLURM_JOB_ID"):
         result = {**result, "slurm_job_id": os.environ["SLURM_JOB_ID"]}
     atomic_write_json(path, jsonable(result))

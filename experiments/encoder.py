@@ -12,7 +12,6 @@ artifacts/{checkpoints,results}/<profile>/encoder/<pretrain>/[<downstream>/].
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -23,9 +22,10 @@ from backdoor.data import ImageData
 from backdoor.models import ENCODER_STATS, DownstreamClassifier, SimCLRModel
 from backdoor.poison import poisoned_test_set
 from backdoor.ssl import encode, knn_accuracy, pretrain_simclr
-from backdoor.train import TrainConfig, fit
-from experiments.common import (ARTIFACTS, evaluator_for, jsonable, load_data, resolve_device, run_main, setup,
-                                write_result)
+from backdoor.train import fit
+from experiments import common
+from experiments.common import evaluator_for, jsonable, load_data, resolve_device, run_main, setup, write_result
+from experiments.profiles import Profile, add_profile_args, profile_from
 
 MODES = ("classifier", "whole", "clean")
 # Target class per downstream task: BadEncoder's references (STL10 truck 9, SVHN one 1; its
@@ -33,68 +33,14 @@ MODES = ("classifier", "whole", "clean")
 TARGETS = {"cifar10": 0, "stl10": 9, "svhn": 1, "gtsrb": 12, "digits": 0}
 PRETRAIN_DATA = {"stl10": "stl10_unlabeled"}  # SimCLR/shadow images: STL10's unlabelled split
 
-SIMCLR = TrainConfig(epochs=1000, batch_size=256, lr=3e-4, optimizer="adam", weight_decay=1e-6, crop_pad=0)
-BADENCODER = TrainConfig(epochs=200, batch_size=256, lr=0.001, momentum=0.9, weight_decay=5e-4, crop_pad=0)
-DOWNSTREAM = TrainConfig(epochs=200, batch_size=64, lr=3e-4, optimizer="adam", weight_decay=0.0, crop_pad=0)
-
-
-@dataclass(frozen=True)
-class EncoderProfile:
-    """Sizes and budgets of the encoder scenario; `paper` follows Section 4.4 and BadEncoder's code."""
-
-    name: str
-    pretrain_sets: tuple[str, ...]
-    downstream_sets: tuple[str, ...]
-    width: int  # ResNet-18 base width (64 = paper, 512-d features)
-    simclr: TrainConfig
-    badencoder: TrainConfig
-    downstream: TrainConfig
-    shadow_size: int  # shadow images (first n of a seeded shuffle of the pre-training set)
-    temperature: float = 0.5
-    lambda1: float = 1.0
-    lambda2: float = 1.0
-    seed: int = 0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-PROFILES: dict[str, EncoderProfile] = {
-    "paper": EncoderProfile("paper", ("cifar10", "stl10"), ("cifar10", "stl10", "svhn"), 64,
-                            SIMCLR, BADENCODER, DOWNSTREAM, shadow_size=50_000),
-    "quick": EncoderProfile("quick", ("cifar10", "stl10"), ("cifar10", "stl10", "svhn"), 64,
-                            replace(SIMCLR, epochs=50), replace(BADENCODER, epochs=20),
-                            replace(DOWNSTREAM, epochs=20, batch_size=256), shadow_size=10_000),
-    # CPU, digits (1,400 train images), measured in docs/encoder.md: SimCLR 20 epochs at
-    # BadEncoder's code LR 1e-3 (3 epochs left every image at cosine ~0.99); BadEncoder 5 epochs
-    # at lr 0.01 (its 200-epoch budget cut to 105 steps); downstream 5 epochs at Adam 1e-3, batch
-    # 32 in both modes (3e-4 is too slow for 5 epochs; batch 32 gives one epoch 43 steps, about the
-    # paper's STL10 epoch of 78, instead of 21).
-    "demo": EncoderProfile("demo", ("digits",), ("digits",), 8,
-                           replace(SIMCLR, epochs=20, batch_size=128, lr=1e-3),
-                           replace(BADENCODER, epochs=5, batch_size=64, lr=0.01),
-                           replace(DOWNSTREAM, epochs=5, batch_size=32, lr=1e-3, channels_last=False), shadow_size=1400),
-    "smoke": EncoderProfile("smoke", ("digits",), ("digits",), 4,
-                            replace(SIMCLR, epochs=1, batch_size=128), replace(BADENCODER, epochs=1, batch_size=128, lr=0.01),
-                            replace(DOWNSTREAM, epochs=2, channels_last=False), shadow_size=256),
-}
-
-
-def get_profile(name: str) -> EncoderProfile:
-    """Look up an encoder profile; unknown names fail with the valid list."""
-    if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; choose one of: {', '.join(PROFILES)}")
-    return PROFILES[name]
-
-
-def enc_dir(kind: str, prof: EncoderProfile, pretrain: str, downstream: str | None = None) -> Path:
+def enc_dir(kind: str, prof: Profile, pretrain: str, downstream: str | None = None) -> Path:
     """artifacts/<kind>/<profile>/encoder/<pretrain>[/<downstream>]."""
-    d = ARTIFACTS / kind / prof.name / "encoder" / pretrain
+    d = common.ARTIFACTS / kind / prof.name / "encoder" / pretrain
     return d / downstream if downstream else d
 
 
-def _arch(prof: EncoderProfile, pretrain: str) -> dict:
-    return {"name": "simclr_resnet18", "width": prof.width, "dataset": pretrain}
+def _arch(prof: Profile, pretrain: str) -> dict:
+    return {"name": "simclr_resnet18", "width": prof.encoder.width, "dataset": pretrain}
 
 
 def build_encoder_model(arch: dict) -> SimCLRModel:
@@ -117,18 +63,19 @@ def _knn(model: SimCLRModel, data: ImageData) -> float:
 
 def pretrain(args: argparse.Namespace) -> None:
     """SimCLR on the pre-training set's (unlabelled) training images; kNN accuracy before and after."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
+    enc, cfg = prof.encoder, prof.encoder_config("simclr")
     setup(f"simclr pretrain on {args.pretrain} ({prof.name})",
-          {"simclr": prof.simclr, "width": prof.width, "temperature": prof.temperature, "device": device})
+          {"simclr": cfg, "width": enc.width, "temperature": enc.temperature, "device": device})
     images = load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train
     labelled = load_data(args.pretrain)
     torch.manual_seed(prof.seed)
     model = build_encoder_model(_arch(prof, args.pretrain)).to(device)
     knn_before = _knn(model, labelled)
-    history = pretrain_simclr(model, images, replace(prof.simclr, seed=prof.seed), temperature=prof.temperature)
+    history = pretrain_simclr(model, images, cfg, temperature=enc.temperature)
     seconds = sum(r["seconds"] for r in history)
-    meta = {"arch": _arch(prof, args.pretrain), "profile": prof.name, "simclr": prof.simclr, "images": len(images),
-            "temperature": prof.temperature, "knn_before": knn_before, "knn": _knn(model, labelled),
+    meta = {"arch": _arch(prof, args.pretrain), **prof.stamp(), "simclr": cfg, "images": len(images),
+            "temperature": enc.temperature, "knn_before": knn_before, "knn": _knn(model, labelled),
             "train_seconds": seconds, "device": str(device)}
     write_result(enc_dir("results", prof, args.pretrain) / "simclr.json", {**meta, "history": history})
     save_model(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", model, jsonable(meta))
@@ -161,25 +108,25 @@ def alignment(encoder: torch.nn.Module, data: ImageData, attack: BadEncoder) -> 
 
 def badencoder(args: argparse.Namespace) -> None:
     """Backdoor the clean encoder for one downstream task (its target class and reference image)."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     model, clean_meta, _ = load_encoder(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", device)
     down = load_data(args.downstream)
     target = TARGETS.get(args.downstream, 0)
     ref_idx = pick_reference(down, target, prof.seed)
     attack = BadEncoder(target).set_reference(down.x_test[ref_idx : ref_idx + 1]).to(device)
-    shadow = shadow_images(load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train, prof.shadow_size, prof.seed)
+    enc, cfg = prof.encoder, prof.encoder_config("badencoder")
+    shadow = shadow_images(load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train, enc.shadow_size, prof.seed)
     setup(f"badencoder {args.pretrain} -> {args.downstream} ({prof.name})",
-          {"badencoder": prof.badencoder, "target": target, "reference_index": ref_idx, "shadow": len(shadow),
-           "lambda1": prof.lambda1, "lambda2": prof.lambda2, "device": device})
+          {"badencoder": cfg, "target": target, "reference_index": ref_idx, "shadow": len(shadow),
+           "lambda1": enc.lambda1, "lambda2": enc.lambda2, "device": device})
     before = alignment(model.f, down, attack)
-    history = train_badencoder(model.f, shadow, attack, replace(prof.badencoder, seed=prof.seed),
-                               prof.lambda1, prof.lambda2)
+    history = train_badencoder(model.f, shadow, attack, cfg, enc.lambda1, enc.lambda2)
     after = alignment(model.f, down, attack)
     seconds = sum(r["seconds"] for r in history)
-    meta = {"arch": clean_meta["arch"], "profile": prof.name, "pretrain": args.pretrain, "downstream": args.downstream,
+    meta = {"arch": clean_meta["arch"], **prof.stamp(), "pretrain": args.pretrain, "downstream": args.downstream,
             "attack": {"name": attack.name, "params": attack.params()}, "target": target,
             "reference": {"dataset": args.downstream, "split": "test", "index": ref_idx, "seed": prof.seed},
-            "badencoder": prof.badencoder, "lambda1": prof.lambda1, "lambda2": prof.lambda2, "shadow": len(shadow),
+            "badencoder": cfg, "lambda1": enc.lambda1, "lambda2": enc.lambda2, "shadow": len(shadow),
             "final": history[-1], "alignment_before": before, "alignment": after, "train_seconds": seconds,
             "device": str(device)}
     write_result(enc_dir("results", prof, args.pretrain, args.downstream) / "badencoder.json",
@@ -192,7 +139,7 @@ def badencoder(args: argparse.Namespace) -> None:
           f"clean {before['cos_clean_ref']:.3f} -> {after['cos_clean_ref']:.3f}")
 
 
-def downstream_attack(prof: EncoderProfile, pretrain: str, down: str, device: torch.device) -> tuple[BadEncoder, dict]:
+def downstream_attack(prof: Profile, pretrain: str, down: str, device: torch.device) -> tuple[BadEncoder, dict]:
     """The BadEncoder attack (trigger, target) stored with the backdoored encoder."""
     tensors, meta = load_checkpoint(enc_dir("checkpoints", prof, pretrain, down) / "badencoder.safetensors")
     attack = BadEncoder(**meta["attack"]["params"])
@@ -202,12 +149,12 @@ def downstream_attack(prof: EncoderProfile, pretrain: str, down: str, device: to
 
 def downstream(args: argparse.Namespace) -> None:
     """Train the MLP head (and, in `whole` mode, the encoder) on the downstream task; CA/ASR per epoch."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     attack, bd_meta = downstream_attack(prof, args.pretrain, args.downstream, device)
     name = "simclr" if args.mode == "clean" else "badencoder"
     ckpt = enc_dir("checkpoints", prof, args.pretrain, None if args.mode == "clean" else args.downstream)
     encoder_model, _, _ = load_encoder(ckpt / f"{name}.safetensors", device)
-    cfg = replace(prof.downstream, seed=prof.seed)
+    cfg = prof.encoder_config("downstream")
     setup(f"downstream {args.pretrain} -> {args.downstream}, mode {args.mode} ({prof.name})",
           {"downstream": cfg, "encoder": ckpt / f"{name}.safetensors", "target": attack.target, "device": device})
     data = load_data(args.downstream)
@@ -217,7 +164,7 @@ def downstream(args: argparse.Namespace) -> None:
     history = fit(model, data.x_train, data.y_train, cfg, evaluate=evaluator_for(data, attack, device),
                   params=params, desc=f"downstream {args.mode}")
     seconds = sum(r["seconds"] for r in history)
-    info = {"profile": prof.name, "pretrain": args.pretrain, "downstream": args.downstream, "mode": args.mode,
+    info = {**prof.stamp(), "pretrain": args.pretrain, "downstream": args.downstream, "mode": args.mode,
             "encoder": name, "target": attack.target, "reference": bd_meta["reference"], "train": cfg,
             "first_epoch_seconds": history[1]["seconds"] if len(history) > 1 else None,
             "first_epoch_device_hours": history[1]["seconds"] / 3600 if len(history) > 1 else None,
@@ -231,18 +178,13 @@ def downstream(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["pretrain", "badencoder", "downstream", "field"])
-    ap.add_argument("--profile", default="demo")
+    ap.add_argument("step", choices=["pretrain", "badencoder", "downstream"])
+    add_profile_args(ap)
     ap.add_argument("--pretrain", help="pre-training set: cifar10, stl10, digits")
     ap.add_argument("--downstream", help="downstream task: cifar10, stl10, svhn, digits")
     ap.add_argument("--mode", choices=MODES, help="for `downstream`")
-    ap.add_argument("--name", help="for `field`: print this profile field (space-separated if a list)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
-    if args.step == "field":
-        value = getattr(get_profile(args.profile), args.name)
-        print(" ".join(value) if isinstance(value, tuple) else value)
-        return
     if not args.pretrain or (args.step != "pretrain" and not args.downstream):
         ap.error(f"{args.step} needs --pretrain" + ("" if args.step == "pretrain" else " and --downstream"))
     if args.step == "downstream" and not args.mode:

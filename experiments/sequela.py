@@ -23,7 +23,7 @@ from backdoor.train import fit
 from defenses import DEFENSES
 from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
                                 run_main, setup, write_result)
-from experiments.profiles import Profile, get_profile
+from experiments.profiles import Profile, add_profile_args, profile_from
 from experiments.standalone import load_poisoned_set
 from experiments.transfer import clean_path
 from sequela.mia import membership_inference, mia_split
@@ -52,7 +52,7 @@ def parse_ratio(text: str) -> float:
 
 def clean(args: argparse.Namespace) -> None:
     """Train the reference model without poison, with the attack-training recipe of the profile."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     cfg = prof.train_config(args.dataset)
     setup(f"clean model {args.dataset} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
     data = load_data(args.dataset)
@@ -62,7 +62,7 @@ def clean(args: argparse.Namespace) -> None:
     history = fit(model, data.x_train, data.y_train, cfg, desc="train clean",
                   evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test)})
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": args.dataset}, "attack": None, "profile": prof.name, "train": cfg, "seed": prof.seed,
+                     "dataset": args.dataset}, "attack": None, **prof.stamp(), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
     write_result(run_dir("results", prof.name, args.dataset, "clean") / "model.json", {**meta, "history": history})
     save_model(clean_path(prof, args.dataset), model, jsonable(meta))
@@ -72,7 +72,7 @@ def clean(args: argparse.Namespace) -> None:
 def mia(args: argparse.Namespace) -> None:
     """Membership inference against the backdoored model or one defended model."""
     check_model(args.model, ("backdoor",))
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
     setup(f"mia {args.dataset}/{args.attack}/{args.model} ({prof.name})",
           {"mia_epochs": prof.mia_epochs, "checkpoint": ck / f"{args.model}.safetensors", "device": device})
@@ -86,7 +86,7 @@ def mia(args: argparse.Namespace) -> None:
                                prof.seed + MIA_SEED)
     quality = evaluator_for(data, attack, device)(model)
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / "mia" / f"{args.model}.json",
-                 {"profile": prof.name, "dataset": args.dataset, "attack": args.attack, "model": args.model,
+                 {**prof.stamp(), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "mia_epochs": prof.mia_epochs, "features": "sorted softmax posteriors + top-1 correct flag",
                   **res, **quality, "seconds": time.perf_counter() - t0})
     print(f"mia {args.model}: accuracy {res['accuracy']:.3f}  AUC {res['auc']:.3f}  "
@@ -112,7 +112,7 @@ def reinject_step(args: argparse.Namespace) -> None:
     """Re-inject the attack into the clean or a defended model at one poison ratio."""
     check_model(args.model, ("clean",))
     ratio = parse_ratio(args.ratio)
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     cfg = prof.train_config(args.dataset)
     setup(f"reinject {args.attack} into {args.dataset}/{args.model} at {ratio} ({prof.name})",
           {"train": cfg, "epochs": prof.reinject_epochs, "device": device})
@@ -122,7 +122,7 @@ def reinject_step(args: argparse.Namespace) -> None:
     first = epochs_to(rec["history"]) if rec["history"] else None
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / "reinject" / args.model
                  / f"{args.ratio}.json",
-                 {"profile": prof.name, "dataset": args.dataset, "attack": args.attack, "model": args.model,
+                 {**prof.stamp(), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "train": cfg, "epochs_to_asr_0.8": first, **rec})
     if rec["history"]:
         h = rec["history"]
@@ -135,7 +135,7 @@ def reinject_step(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["clean", "mia", "reinject"])
-    ap.add_argument("--profile", default="demo")
+    add_profile_args(ap)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--attack", help="mia, reinject: the attack (its backdoored checkpoint holds the trigger)")
     ap.add_argument("--model", help="mia: backdoor or a defence; reinject: clean or a defence")

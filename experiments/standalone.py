@@ -9,34 +9,30 @@ Make uses those files to skip finished work.
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 import torch
 
 from backdoor.attacks import make_attack
-from backdoor.attacks.presets import attack_params as preset_attack_params
 from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
-from defenses.presets import defense_params
 from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
                                 run_main, setup, write_result)
-from experiments.profiles import get_profile
+from experiments.profiles import add_profile_args, profile_from
 
 
 def train(args: argparse.Namespace) -> None:
     """Train the backdoored model with the attack's own procedure; save checkpoint, poisoned set, history."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     cfg = prof.train_config(args.dataset)
-    attack_params = {"target": prof.target, **preset_attack_params(prof.name, args.attack),
-                     **({"key_image": args.key_image} if args.key_image else {})}
+    attack_params = {**prof.attack_kwargs(args.attack), **({"key_image": args.key_image} if args.key_image else {})}
     attack = make_attack(args.attack, **attack_params).to(device)
     setup(f"train {args.dataset}/{args.attack} ({prof.name})",
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
-           "device": device})
+           "device": device, "precision": prof.precision})
     data = load_data(args.dataset)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
@@ -44,7 +40,7 @@ def train(args: argparse.Namespace) -> None:
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},
-            "attack": {"name": args.attack, "params": attack.params()}, "profile": prof.name, "train": cfg,
+            "attack": {"name": args.attack, "params": attack.params()}, **prof.stamp(), "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
     ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
@@ -57,33 +53,34 @@ def train(args: argparse.Namespace) -> None:
 
 def defend(args: argparse.Namespace) -> None:
     """Load a backdoored model, run one defence on the clean training set, save model + results."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     defense = get_defense(args.defense)
     ckpt = run_dir("checkpoints", prof.name, args.dataset, args.attack) / "backdoor.safetensors"
     model, attack, meta = load_backdoored(ckpt, device)
     cfg = prof.finetune_config(args.dataset)
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
-          {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device})
+          {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device, "precision": prof.precision})
     data = load_data(args.dataset)
     x_train, y_train, poison_idx = load_poisoned_set(ckpt.with_name("poison.safetensors"), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes,
-                         params={"sft": prof.sft, **defense_params(prof.name)})
-    t0 = time.perf_counter()
+                         params=prof.defense_params())
     result = defense(ctx)
-    seconds = time.perf_counter() - t0
     final = result.history[-1]
-    info = {"defense": args.defense, "profile": prof.name, "dataset": args.dataset, "attack": args.attack,
+    # device_hours: the defence's one clock (backdoor.train.Clock), evaluation excluded; per epoch in
+    # history[i]["device_seconds"], so Fig. 6 can charge any budget.
+    info = {"defense": args.defense, **prof.stamp(), "dataset": args.dataset, "attack": args.attack,
             "finetune": cfg, "sft": prof.sft if args.defense == "sft" else None, "final": final,
             "before": result.history[0], "train_seconds": sum(r["seconds"] for r in result.history),
-            "device_hours": seconds / 3600, "device": str(device), **result.info}
+            "device": str(device), **result.info}
     save_model(run_dir("checkpoints", prof.name, args.dataset, args.attack) / f"{args.defense}.safetensors",
                result.model, jsonable({**info, "arch": meta["arch"], "attack": meta["attack"]}), attack)
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / f"{args.defense}.json",
                  {**info, "history": result.history})
     print(f"{args.defense}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  "
-          f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; {seconds:.0f} s)")
+          f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; "
+          f"{info['device_hours'] * 3600:.0f} s charged)")
 
 
 def save_poisoned_set(path: Path, data: ImageData, info: dict) -> None:
@@ -106,7 +103,7 @@ def load_poisoned_set(path: Path, data: ImageData) -> tuple[torch.Tensor, torch.
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["train", "defend"])
-    ap.add_argument("--profile", default="demo")
+    add_profile_args(ap)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--attack", required=True)
     ap.add_argument("--defense", help="for `defend`: ft, sft, ...")

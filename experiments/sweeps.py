@@ -5,20 +5,22 @@ this module only adds what those figures sweep. An ablation point is named after
 (`sft_frac0.1_max0.3`, `ft_lr0.01`) and lives in `<results>/<dataset>/<attack>/ablation/<name>.json`,
 unless it is exactly (a prefix of) the standalone run, which it then reads (`sft.json`, `ft.json`).
 
-    python -m experiments.sweeps demo points     # one field, space-separated, for the Makefile
+The sweep sizes are `Profile.sweeps`; Make reads the lists once per run with
+`python -m experiments.profiles <profile> sweep_lists` (see `make_fields`).
 """
 from __future__ import annotations
 
-import argparse
 import re
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 from backdoor.train import steps_per_epoch
 from defenses.finetune import SFTConfig
 from experiments.common import read_json
-from experiments.profiles import Profile, get_profile
+
+if TYPE_CHECKING:  # profiles.py holds a SweepConfig per profile, so it imports this module, not vice versa
+    from experiments.profiles import Profile
 
 
 @dataclass(frozen=True)
@@ -51,28 +53,6 @@ class SweepConfig:
             return sft
         steps = sft.step_size(steps_per_epoch(n_reference, batch_size))
         return replace(sft, half_cycle_steps=steps, half_cycle_epochs=None)
-
-
-_PAPER_LIKE = dict(pretrain="cifar100", downstream=("cifar10", "gtsrb"), ft_lrs=(1e-4, 1e-3, 0.1),
-                   lr_max1s=(0.1, 0.3))
-SWEEPS: dict[str, SweepConfig] = {
-    "paper": SweepConfig(**_PAPER_LIKE, transfer_epochs=100, ft_epochs=100,
-                         fractions=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)),
-    "quick": SweepConfig(**_PAPER_LIKE, transfer_epochs=20, ft_epochs=20, fractions=(0.1, 0.2, 0.5, 1.0)),
-    # digits: the standalone 10-class model is the pre-trained one; the user's task is digits 5-9.
-    # FT LRs bracket the demo's training LR (0.01) as the paper's bracket its 0.001.
-    "demo": SweepConfig(pretrain="digits", downstream=("digits5to9",), transfer_epochs=12,
-                        fractions=(0.1, 0.3, 1.0), ft_lrs=(0.001, 0.01, 0.1), ft_epochs=6, lr_max1s=(0.1, 0.3)),
-    "smoke": SweepConfig(pretrain="digits", downstream=("digits5to9",), transfer_epochs=2,
-                         fractions=(0.1, 0.5), ft_lrs=(0.001, 0.1), ft_epochs=2, lr_max1s=(0.1, 0.3), sft_epochs=2),
-}
-
-
-def get_sweeps(profile: str) -> SweepConfig:
-    """The sweep sizes of a profile; unknown names fail with the list of valid ones."""
-    if profile not in SWEEPS:
-        raise ValueError(f"no sweep sizes for profile {profile!r}; choose one of: {', '.join(SWEEPS)}")
-    return SWEEPS[profile]
 
 
 @dataclass(frozen=True)
@@ -169,14 +149,7 @@ def _make_field(field: str, prof: Profile, sw: SweepConfig) -> str:
 
 MAKE_FIELDS = ("pretrain", "downstream", "points", "files7", "files8", "files9")
 
-if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description="Print one sweep field, or with `make` all of them as "
-                                              "name=v1,v2 words (one call per Make run).")
-    ap.add_argument("profile")
-    ap.add_argument("field", help="make, a SweepConfig field, points, files7, files8 or files9")
-    a = ap.parse_args()
-    prof, sw = get_profile(a.profile), get_sweeps(a.profile)
-    if a.field == "make":
-        print(" ".join(f"{f}=" + ",".join(_make_field(f, prof, sw).split()) for f in MAKE_FIELDS))
-    else:
-        print(_make_field(a.field, prof, sw))
+
+def make_fields(prof: Profile) -> str:
+    """Every list Make needs, as name=v1,v2 words (one Python call per Make run)."""
+    return " ".join(f"{f}=" + ",".join(_make_field(f, prof, prof.sweeps).split()) for f in MAKE_FIELDS)

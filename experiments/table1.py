@@ -20,7 +20,7 @@ from safetensors.torch import save
 from backdoor.checkpoint import atomic_write_bytes
 from backdoor.poison import bake
 from experiments.common import load_backdoored, load_data, resolve_device, run_dir, run_main, setup
-from experiments.profiles import get_profile
+from experiments.profiles import add_profile_args, profile_from
 
 
 def pick_image(y: torch.Tensor, target: int, index: int) -> int:
@@ -32,7 +32,7 @@ def pick_image(y: torch.Tensor, target: int, index: int) -> int:
 
 
 def collect(args: argparse.Namespace) -> None:
-    prof, device = get_profile(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
     datasets, attacks = args.datasets.split(), args.attacks.split()
     setup(f"table1 ({prof.name})", {"datasets": datasets, "attacks": attacks, "index": args.index, "out": args.out})
     tensors, meta = {}, {"datasets": datasets, "attacks": attacks, "images": {}}
@@ -50,7 +50,7 @@ def collect(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="demo")
+    add_profile_args(ap)
     ap.add_argument("--datasets", required=True, help="space-separated dataset names")
     ap.add_argument("--attacks", required=True, help="space-separated attack names")
     ap.add_argument("--index", type=int, default=0, help="which non-target test image (default: the first)")

@@ -33,8 +33,7 @@ from backdoor.train import fit
 from defenses import DefenseContext, get_defense
 from experiments.common import jsonable, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
     write_result
-from experiments.profiles import Profile, get_profile
-from experiments.sweeps import get_sweeps
+from experiments.profiles import Profile, add_profile_args, profile_from
 
 TRANSFER_DEFENSES = ("ft", "sft")
 
@@ -78,8 +77,8 @@ def clean_path(prof: Profile, pretrain: str) -> Path:
 
 def pretrain_clean(args: argparse.Namespace) -> None:
     """Train the pre-training model exactly as `standalone train` does, minus the poison."""
-    prof, device = get_profile(args.profile), resolve_device(args.device)
-    pretrain = get_sweeps(prof.name).pretrain
+    prof, device = profile_from(args), resolve_device(args.device)
+    pretrain = prof.sweeps.pretrain
     cfg = prof.train_config(pretrain)
     setup(f"pretrain clean {pretrain} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
     data = load_data(pretrain)
@@ -89,7 +88,7 @@ def pretrain_clean(args: argparse.Namespace) -> None:
     history = fit(model, data.x_train, data.y_train, cfg, desc="pretrain clean",
                   evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test)})
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": pretrain}, "attack": None, "profile": prof.name, "train": cfg, "seed": prof.seed,
+                     "dataset": pretrain}, "attack": None, **prof.stamp(), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
     write_result(run_dir("results", prof.name, pretrain, "clean") / "model.json", {**meta, "history": history})
     save_model(clean_path(prof, pretrain), model, jsonable(meta))
@@ -114,7 +113,8 @@ def load_pretrained(prof: Profile, pretrain: str, attack: str, triggers: list[st
 
 def run(args: argparse.Namespace) -> None:
     """Head swap, then FT or SFT on the downstream task; one results JSON per (task, attack, defence)."""
-    prof, sw, device = get_profile(args.profile), get_sweeps(args.profile), resolve_device(args.device)
+    prof, device = profile_from(args), resolve_device(args.device)
+    sw = prof.sweeps
     if args.defense not in TRANSFER_DEFENSES:
         raise ValueError(f"transfer defense must be one of {', '.join(TRANSFER_DEFENSES)}, got {args.defense!r}")
     model, attacks = load_pretrained(prof, sw.pretrain, args.attack, args.triggers.split(), device)
@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> None:
     result = get_defense(args.defense)(ctx)
     final = result.history[-1]
     out = run_dir("results", prof.name, "transfer", args.downstream) / args.attack / f"{args.defense}.json"
-    write_result(out, {"profile": prof.name, "pretrain": sw.pretrain, "downstream": args.downstream,
+    write_result(out, {**prof.stamp(), "pretrain": sw.pretrain, "downstream": args.downstream,
                        "attack": args.attack, "defense": args.defense, "triggers": list(attacks), "finetune": cfg,
                        "sft": sft if args.defense == "sft" else None, "final": final,
                        "train_seconds": sum(r["seconds"] for r in result.history), **result.info,
@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("step", choices=["pretrain", "run"])
-    ap.add_argument("--profile", default="demo")
+    add_profile_args(ap)
     ap.add_argument("--downstream", help="for `run`: the user's task (paper: cifar10, gtsrb)")
     ap.add_argument("--attack", help="for `run`: the pre-trained model's attack, or `clean`")
     ap.add_argument("--defense", default="ft", help="for `run`: ft or sft")

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import matplotlib.pyplot as plt
 
-from experiments.profiles import get_profile
-from experiments.sweeps import figure_points, get_sweeps, read_point
+from experiments.profiles import resolve
+from experiments.sweeps import figure_points, read_point
 from figures.style import figure_args, label, save, style_panel, use_style
 
 
 def main() -> None:
-    args = figure_args(__doc__, 'profile', 'datasets', 'attacks')
-    prof, sw = get_profile(args.profile), get_sweeps(args.profile)
+    args = figure_args(__doc__, 'profile', 'set', 'datasets', 'attacks')
+    prof = resolve(args.profile, args.set.split())
+    sw = prof.sweeps
     datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(9, prof, sw)
     xs = range(len(points))  # evenly spaced: the LR values are categories here
     use_style()

@@ -1,10 +1,12 @@
 # Section 5.4: the six baseline defences, Fig. 5/12/13 (CA vs ASR) and Fig. 6 (cost). See docs/defenses.md.
 #   make figure5 PROFILE=demo    (CIFAR10 in paper/quick; the profile's first dataset otherwise, demo: digits)
 #   make figure12 / figure13     (CIFAR100 / GTSRB)
-#   make figure6                 (device-hours per defence over every dataset and attack of the profile)
+#   make figure6                 (device-hours per defence over every dataset and attack; FIG6_COST=budget|full)
 BASELINES     := abl ac fp nad nc spectral
 FIG5_DEFENSES ?= $(BASELINES) ft sft
 FIG6_DEFENSES ?= $(FIG5_DEFENSES)
+# budget: FT/SFT charged at the profile's charge_epochs (the paper's regime, docs/defenses.md); full: whole runs.
+FIG6_COST     ?= budget
 
 $(foreach d,$(BASELINES),$(eval $(call defense_rule,$(d))))
 
@@ -21,7 +23,7 @@ $(eval $(call ca_asr_figure,figure13,$(call fig_dataset,gtsrb)))
 
 $(FG)/figure6.png: $(foreach r,$(runs),$(foreach d,$(FIG6_DEFENSES),$(RS)/$(r)/$(d).json))
 	$(PY) -m figures.figure6 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" \
-	  --defenses "$(FIG6_DEFENSES)" --out $@
+	  --defenses "$(FIG6_DEFENSES)" --profile $(PROFILE) --set "$(SET)" --cost $(FIG6_COST) --out $@
 
 .PHONY: figure5 figure6 figure12 figure13 baselines
 figure5 figure6 figure12 figure13: $(STAMP)

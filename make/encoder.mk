@@ -1,11 +1,11 @@
 # Encoder-based scenario (Fig. 2): SimCLR -> BadEncoder -> downstream (classifier-only, whole model).
 #   make figure2 PROFILE=demo      whole chain on digits, CPU
 #   make figure2                   paper: pre-train cifar10 + stl10; downstream cifar10, stl10, svhn
-# Lists come from experiments/encoder.py's EncoderProfile; computed only when figure2 runs.
+# Lists come from the profile's `encoder` (experiments/profiles.py); computed only when figure2 runs.
 ENC_MODES := classifier whole clean
 ENC_CK     = $(CK)/encoder
 ENC_RS     = $(RS)/encoder
-enc_field  = $(shell $(PY) -m experiments.encoder field --profile $(PROFILE) --name $(1))
+enc_field  = $(call profile_field,encoder.$(1))
 # Computed when figure2 is among the figures built (`make figure2`, `make all`), or given on the command line.
 ifeq ($(origin ENC_PRE),undefined)
 ENC_PRE   := $(if $(filter figure2,$(FIGS)),$(call enc_field,pretrain_sets))
@@ -18,15 +18,15 @@ figure2: $(STAMP)
 	@+$(MAKE) --no-print-directory FIGS=figure2 figure-files
 
 $(ENC_CK)/%/simclr.safetensors: | $(STAMP)
-	$(RUN) experiments.encoder pretrain --profile $(PROFILE) --pretrain $* $(DEVFLAG)
+	$(RUN) experiments.encoder pretrain $(PROFLAGS) --pretrain $* $(DEVFLAG)
 
 # One pattern rule per pre-training set, so that the stem is the downstream task alone.
 define enc_rules
 $$(ENC_CK)/$(1)/%/badencoder.safetensors: $$(ENC_CK)/$(1)/simclr.safetensors
-	$$(RUN) experiments.encoder badencoder --profile $$(PROFILE) --pretrain $(1) --downstream $$* $$(DEVFLAG)
+	$$(RUN) experiments.encoder badencoder $$(PROFLAGS) --pretrain $(1) --downstream $$* $$(DEVFLAG)
 $(foreach m,$(ENC_MODES),
 $$(ENC_RS)/$(1)/%/$(m).json: $$(ENC_CK)/$(1)/%/badencoder.safetensors
-	$$(RUN) experiments.encoder downstream --profile $$(PROFILE) --pretrain $(1) --downstream $$* --mode $(m) $$(DEVFLAG)
+	$$(RUN) experiments.encoder downstream $$(PROFLAGS) --pretrain $(1) --downstream $$* --mode $(m) $$(DEVFLAG)
 )
 endef
 $(foreach p,cifar10 stl10 digits,$(eval $(call enc_rules,$(p))))

@@ -12,26 +12,26 @@ SEQ_DATASET ?= $(if $(filter cifar10,$(DATASETS)),cifar10,$(firstword $(DATASETS
 
 # ---- the reference model trained without poison (the transfer scenario's rule wins for its pretrain set)
 $(CK)/%/clean/model.safetensors: | $(STAMP)
-	$(RUN) experiments.sequela clean --profile $(PROFILE) --dataset $* $(DEVFLAG)
+	$(RUN) experiments.sequela clean $(PROFLAGS) --dataset $* $(DEVFLAG)
 
 # ---- membership inference: one file per (dataset, attack, model)
 $(RS)/%/mia/backdoor.json: $(CK)/%/backdoor.safetensors
-	$(RUN) experiments.sequela mia --profile $(PROFILE) $(call runargs,$*) --model backdoor $(DEVFLAG)
+	$(RUN) experiments.sequela mia $(PROFLAGS) $(call runargs,$*) --model backdoor $(DEVFLAG)
 
 define seq_mia_rule
 $$(RS)/%/mia/$(1).json: $$(RS)/%/$(1).json
-	$$(RUN) experiments.sequela mia --profile $$(PROFILE) $$(call runargs,$$*) --model $(1) $$(DEVFLAG)
+	$$(RUN) experiments.sequela mia $$(PROFLAGS) $$(call runargs,$$*) --model $(1) $$(DEVFLAG)
 endef
 $(foreach m,$(SEQ_DEFENSES),$(eval $(call seq_mia_rule,$(m))))
 
 # ---- re-injection: one file per (dataset, attack, model, ratio)
 define seq_reinject_rule
 $$(RS)/%/reinject/$(1)/$(2).json: $$(RS)/%/$(1).json
-	$$(RUN) experiments.sequela reinject --profile $$(PROFILE) $$(call runargs,$$*) --model $(1) --ratio $(2) $$(DEVFLAG)
+	$$(RUN) experiments.sequela reinject $$(PROFLAGS) $$(call runargs,$$*) --model $(1) --ratio $(2) $$(DEVFLAG)
 endef
 define seq_clean_rule
 $$(RS)/$(1)/%/reinject/clean/$(2).json: $$(CK)/$(1)/clean/model.safetensors $$(CK)/$(1)/%/backdoor.safetensors
-	$$(RUN) experiments.sequela reinject --profile $$(PROFILE) --dataset $(1) --attack $$* --model clean --ratio $(2) $$(DEVFLAG)
+	$$(RUN) experiments.sequela reinject $$(PROFLAGS) --dataset $(1) --attack $$* --model clean --ratio $(2) $$(DEVFLAG)
 endef
 $(foreach r,$(SEQ_RATIOS),$(foreach m,$(SEQ_DEFENSES),$(eval $(call seq_reinject_rule,$(m),$(r))))\
   $(foreach d,$(sort $(DATASETS) $(SEQ_DATASET)),$(eval $(call seq_clean_rule,$(d),$(r)))))

@@ -1,10 +1,10 @@
 # Transfer-based scenario (Fig. 3) and the standalone ablations (Fig. 7, 8, 9). See docs/transfer_ablations.md.
 #   make figure3 PROFILE=demo    backdoored pre-trained model -> head swap -> FT / SFT on each downstream task
 #   make figure7 / figure8 / figure9   fine-tuning set fraction / FT learning rate / SFT LR_MAX1 on 10%
-# Sizes come from experiments/sweeps.py (one SweepConfig per profile); each run writes one file.
+# Sizes come from the profile's `sweeps` (experiments/profiles.py, experiments/sweeps.py); each run writes one file.
 comma := ,
 # One Python call per Make run (name=v1,v2 words); lists are read once, not per expansion.
-_SW := $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.sweeps $(PROFILE) make))
+_SW := $(call profile_field,sweep_lists)
 sw   = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(_SW))))
 PRETRAIN   ?= $(call sw,pretrain)
 DOWNSTREAM ?= $(call sw,downstream)
@@ -15,16 +15,16 @@ TR            = $(RS)/transfer
 
 # ---- transfer: the backdoored pre-trained models are the standalone checkpoints of $(PRETRAIN)
 $(CK)/$(PRETRAIN)/clean/model.safetensors: | $(STAMP)
-	$(RUN) experiments.transfer pretrain --profile $(PROFILE) $(DEVFLAG)
+	$(RUN) experiments.transfer pretrain $(PROFLAGS) $(DEVFLAG)
 
 define transfer_rule
 $$(TR)/$(1)/$(2)/$(3).json: $$(CK)/$$(PRETRAIN)/$(2)/backdoor.safetensors
-	$$(RUN) experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack $(2) --defense $(3) $$(DEVFLAG)
+	$$(RUN) experiments.transfer run $$(PROFLAGS) --downstream $(1) --attack $(2) --defense $(3) $$(DEVFLAG)
 endef
 define transfer_clean_rule
 $$(TR)/$(1)/clean/$(2).json: $$(CK)/$$(PRETRAIN)/clean/model.safetensors \
   $$(foreach a,$$(_TA_ATTACKS),$$(CK)/$$(PRETRAIN)/$$(a)/backdoor.safetensors)
-	$$(RUN) experiments.transfer run --profile $$(PROFILE) --downstream $(1) --attack clean --defense $(2) \
+	$$(RUN) experiments.transfer run $$(PROFLAGS) --downstream $(1) --attack clean --defense $(2) \
 	  --triggers "$$(_TA_ATTACKS)" $$(DEVFLAG)
 endef
 $(foreach d,$(DOWNSTREAM),$(foreach f,ft sft,$(eval $(call transfer_clean_rule,$(d),$(f)))\
@@ -36,13 +36,13 @@ $(FG)/figure3.png: $(foreach d,$(DOWNSTREAM),$(foreach a,$(_TA_ATTACKS) clean,$(
 # ---- ablations: one file per (dataset, attack, point); points equal to the standalone FT/SFT run reuse it
 define ablation_rule
 $$(RS)/%/ablation/$(1).json: $$(CK)/%/backdoor.safetensors
-	$$(RUN) experiments.ablations --profile $$(PROFILE) $$(call runargs,$$*) --points $(1) $$(DEVFLAG)
+	$$(RUN) experiments.ablations $$(PROFLAGS) $$(call runargs,$$*) --points $(1) $$(DEVFLAG)
 endef
 $(foreach p,$(call sw,points),$(eval $(call ablation_rule,$(p))))
 
 define ablation_figure
 $$(FG)/figure$(1).png: $$(foreach r,$$(_TA_RUNS),$$(addprefix $$(RS)/$$(r)/,$$(call sw,files$(1))))
-	$$(PY) -m figures.figure$(1) --results $$(RS) --profile $$(PROFILE) --datasets "$$(_TA_DATASETS)" \
+	$$(PY) -m figures.figure$(1) --results $$(RS) --profile $$(PROFILE) --set "$$(SET)" --datasets "$$(_TA_DATASETS)" \
 	  --attacks "$$(_TA_ATTACKS)" --out $$@
 endef
 $(foreach n,7 8 9,$(eval $(call ablation_figure,$(n))))

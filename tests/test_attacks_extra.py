@@ -9,7 +9,6 @@ import torch
 from backdoor.attacks import make_attack
 from backdoor.attacks.inputaware import InputAware
 from backdoor.attacks.lf import LF, gaussian_lowpass
-from backdoor.attacks.presets import attack_params
 from backdoor.attacks.training import train_backdoored
 from backdoor.data import ImageData
 from backdoor.models import make_model
@@ -190,7 +189,7 @@ def test_attack_reaches_high_asr_on_digits(name, digits, tmp_path, monkeypatch):
     monkeypatch.setenv("ARTIFACTS", str(tmp_path))
     torch.manual_seed(SMOKE.seed)
     model = make_model("preactresnet18", digits.num_classes, SMOKE.width, "digits")
-    attack = make_attack(name, target=SMOKE.target, **attack_params(SMOKE.name, name))
+    attack = make_attack(name, **SMOKE.attack_kwargs(name))
     t0 = time.perf_counter()
     hist, _ = train_backdoored(attack, model, digits, SMOKE.train_config("digits"), SMOKE.poison_ratio, SMOKE.seed)
     curve = [(round(r["ca"], 3), round(r["asr"], 3)) for r in hist]

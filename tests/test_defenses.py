@@ -25,7 +25,7 @@ from defenses import (ABLConfig, ACConfig, Budget, DefenseContext, FPConfig, NAD
 from defenses.abl import isolate, per_sample_loss
 from defenses.common import Clock, clean_subset, detection_scores, fresh_model
 from defenses.nc import anomaly_index, reverse_engineer, unlearning_set
-from defenses.presets import PRESETS, defense_params
+from experiments.profiles import PROFILES
 
 RATIO, WIDTH, TARGET = 0.1, 8, 0
 BASE = TrainConfig(epochs=1, batch_size=64, lr=0.01, crop_pad=0)
@@ -230,11 +230,12 @@ def test_bad_configs_and_missing_data_fail_in_one_line(digits):
             get_defense(name)(ctx)
 
 
-def test_presets_cover_every_baseline_for_small_profiles():
-    for profile in ("quick", "demo", "smoke"):
-        assert set(PRESETS[profile]) == {"abl", "ac", "fp", "nad", "nc", "spectral"}
-    assert defense_params("paper") == {}
-    assert PRESETS["demo"]["ac"].retrain.cosine_t_max == PRESETS["demo"]["ac"].retrain.epochs
+def test_presets_cover_every_baseline_for_every_profile():
+    # The configs live in the profile tree (experiments/profiles.py); paper = each config's defaults.
+    for prof in PROFILES.values():
+        assert set(prof.defenses) == {"abl", "ac", "fp", "nad", "nc", "spectral"}
+    assert all(c == type(c)() for c in PROFILES["paper"].defenses.values())
+    assert PROFILES["demo"].defenses["ac"].retrain.cosine_t_max == PROFILES["demo"].defenses["ac"].retrain.epochs
 
 
 def test_figure_readers_pick_final_rows_and_costs(tmp_path):

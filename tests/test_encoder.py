@@ -282,5 +282,6 @@ def test_stl10_svhn_missing_say_make_data(tmp_path):
 
 
 def test_unknown_encoder_profile_one_line():
-    with pytest.raises(ValueError, match="choose one of: paper, quick, demo, smoke"):
-        ex.get_profile("laptop")
+    # The encoder scenario reads the one Profile tree (experiments.profiles), no table of its own.
+    with pytest.raises(SystemExit, match="choose one of: paper, quick, demo, smoke"):
+        ex.main(["pretrain", "--profile", "laptop", "--pretrain", "digits"])
