@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .metrics import batched_outputs
-from .train import TrainConfig, make_optimizer, steps_per_epoch
+from .train import TrainConfig, make_optimizer, steps_per_epoch, sync as _sync
 
 log = logging.getLogger(__name__)
 
@@ -130,11 +130,6 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
     b = len(z1)
     pos = torch.cat([torch.arange(b, 2 * b), torch.arange(b)]).to(z.device)
     return F.cross_entropy(sim, pos)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def run_epochs(module: nn.Module, x: torch.Tensor, cfg: TrainConfig, step: Step, params, *,

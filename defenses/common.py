@@ -15,7 +15,7 @@ from .base import DefenseContext, DefenseResult
 
 @dataclass(frozen=True)
 class Budget:
-    """One SGD training stage; defaults are BackdoorBench's defence recipe (notes section 4)."""
+    """One SGD training stage; defaults are BackdoorBench's defence recipe (lr 0.01, cosine T_max 100, batch 256)."""
 
     epochs: int = 100
     lr: float = 0.01
