@@ -19,7 +19,11 @@ export ARTIFACTS = $(A)
 SET      ?=
 SETFLAGS  = $(foreach s,$(SET),--set $(s))
 PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
-ifeq ($(strip $(SET)),)
+# Goals that only start a sub-make with their own PROFILE (demo: demo, all: paper) resolve SET there.
+DISPATCH := $(if $(MAKECMDGOALS),$(if $(filter-out all demo demo-full test help clean-demo bench,$(MAKECMDGOALS)),,1),1)
+ifeq ($(strip $(SET))$(DISPATCH),)
+PDIR     := $(PROFILE)
+else ifeq ($(DISPATCH),1)
 PDIR     := $(PROFILE)
 else
 PDIR     := $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS))
@@ -92,19 +96,20 @@ figure-files: $(foreach f,$(FIGS),$(call fig_file,$(f)))
 # CPU boxes: one thread per step and one step per core beats threads inside each small step.
 DEMO_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 demo_make = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(MAKE) --no-print-directory -j $(DEMO_JOBS) PROFILE=demo
+# The demo's artifact directory: demo, or demo+<hash> under SET= (one Python call, only when SET is given).
+demo_dir  = $(if $(strip $(SET)),$$($(PY) -m experiments.profiles demo name $(SETFLAGS)),demo)
 
 all: $(STAMP)
 	@+$(MAKE) --no-print-directory PROFILE=paper FIGS="$(ALL_FIGURES)" figure-files
 
 demo: $(STAMP)
 	@+$(demo_make) FIGS="figure1 figure4 summary" figure-files
-	@cat $(A)/results/demo/summary.txt
-	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
+	@d=$(demo_dir); cat $(A)/results/$$d/summary.txt; echo "figures: $(A)/figures/$$d/  results: $(A)/results/$$d/"
 
 # Everything else on digits too (Table 1, Fig. 2, 3, 5-11); CPU, longer than `demo`.
 demo-full: $(STAMP)
 	@+$(demo_make) FIGS="$(DEMO_FULL)" figure-files
-	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
+	@d=$(demo_dir); echo "figures: $(A)/figures/$$d/  results: $(A)/results/$$d/"
 
 test: $(STAMP)
 	@$(PY) -m pytest -q -m "not slow" tests; rc=$$?; \

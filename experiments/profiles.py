@@ -108,10 +108,12 @@ class Profile:
                                  f"valid: {', '.join(attack_param_types(attack))}")
         _check_entries(self.name, "defenses", self.defenses, BASELINES)
         wrong = [d for d, c in self.defenses.items() if not isinstance(c, BASELINES[d])]
+        if wrong:
+            raise ValueError(f"profile {self.name!r}: defenses {wrong} need a {[BASELINES[d].__name__ for d in wrong]}")
         bad_charge = {d: e for d, e in self.charge_epochs.items() if not 1 <= e <= self.finetune_epochs}
-        if wrong or bad_charge or not set(self.charge_epochs) <= {"ft", "sft"}:
-            raise ValueError(f"profile {self.name!r}: defenses {wrong} have the wrong config type, or "
-                             f"charge_epochs {dict(self.charge_epochs)} is not ft/sft in 1..{self.finetune_epochs}")
+        if bad_charge or not set(self.charge_epochs) <= {"ft", "sft"}:
+            raise ValueError(f"profile {self.name!r}: charge_epochs {dict(self.charge_epochs)} must map ft/sft to "
+                             f"1..finetune_epochs ({self.finetune_epochs}); lower it with --set charge_epochs.sft=N")
 
     def train_config(self, dataset: str) -> TrainConfig:
         """The attack-training config with the dataset's flip rule and the profile's precision."""
