@@ -87,6 +87,8 @@ def resolve(record: dict, path: str) -> Any:
         n = int(m[1])
         epoch_record(record["history"], n)
         return sum(r["seconds"] for r in record["history"] if 1 <= r["epoch"] <= n) / 3600
+    if path in record:  # a key with a dot in it: `epochs_to_asr_0.8`
+        return record[path]
     value: Any = record
     for step in path.split("."):
         s = _STEP.match(step)
@@ -402,11 +404,13 @@ def claim_row(claim: dict, scope: Scope, results: Results) -> dict:
 def load_spec(path: Path = SPEC) -> dict:
     """The paper-numbers file, checked against the layouts and checks this module knows."""
     spec = json.loads(Path(path).read_text())
-    bad = [n["id"] for n in spec["numbers"] if n["result"]["layout"] not in LAYOUTS or n["metric"] not in
-           (*TOLERANCE, "GPU-hours")] + [c["id"] for c in spec["claims"] if c["check"] not in CHECKS]
+    metrics = (*TOLERANCE, "GPU-hours")
+    bad = [f"{n['id']}: layout {n['result']['layout']!r}" for n in spec["numbers"] if n["result"]["layout"] not in LAYOUTS]
+    bad += [f"{n['id']}: metric {n['metric']!r}" for n in spec["numbers"] if n["metric"] not in metrics]
+    bad += [f"{c['id']}: check {c['check']!r}" for c in spec["claims"] if c["check"] not in CHECKS]
     if bad:
-        raise ValueError(f"{path}: unknown layout, metric or check in {', '.join(bad)}; valid checks: "
-                         f"{', '.join(CHECKS)}; layouts: {', '.join(LAYOUTS)}")
+        raise ValueError(f"{path}: {'; '.join(bad)}; valid checks: {', '.join(CHECKS)}; layouts: "
+                         f"{', '.join(LAYOUTS)}; metrics: {', '.join(metrics)}")
     return spec
 
 
