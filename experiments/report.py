@@ -217,6 +217,7 @@ def setting_text(s: dict) -> str:
 
 # ---- claims ----------------------------------------------------------------------------------
 Outcome = tuple[str, str]
+NOT_IN_PROFILE = "not in profile"  # a check's status when the profile has no case of it; shown as "not run"
 OPS: dict[str, Callable[[float, float], bool]] = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
                                                   ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 
@@ -257,6 +258,8 @@ def side(spec: dict, run: dict, results: Results) -> Optional[float]:
 def check_compare(p: dict, scope: Scope, results: Results) -> Outcome:
     """left op (right + offset) or left op value, per run."""
     todo = runs(scope, p["scope"], p.get("dataset"), p.get("attacks"))
+    if not todo:
+        return NOT_IN_PROFILE, f"profile {scope.name} runs none of {', '.join(p.get('attacks') or ['these'])}"
     passed, fails = [], []
     for run in todo:
         a = side(p["left"], run, results)
@@ -286,7 +289,7 @@ def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
             fails.append(f"{run['name']}: {best} {vals[best]:.3f} < {p['who']} {vals[p['who']]:.3f}")
     if not passed:
         return "not run", f"no runs with {p['who']} and another defence"
-    return tally(passed, len(todo), p.get("share", 1.0), "attacks", fails)
+    return tally(passed, len(todo), p.get("share", 1.0), f"attacks (of {len(DEFENCE_NAMES)} defences, those run)", fails)
 
 
 def check_cost(p: dict, scope: Scope, results: Results) -> Outcome:
@@ -320,6 +323,8 @@ def check_ablation(p: dict, scope: Scope, results: Results) -> Outcome:
         return "not run", f"profile {scope.name} has no sweep sizes"
     points = figure_points(p["fig"], scope.profile, scope.sweeps)
     todo, passed, fails = runs(scope, "standalone", attacks=p.get("attacks")), [], []
+    if not todo:
+        return NOT_IN_PROFILE, f"profile {scope.name} runs none of {', '.join(p.get('attacks') or ['these'])}"
     for run in todo:
         vals = [point_value(results, run, pt, scope, p["field"], p.get("epoch")) for pt in points]
         if any(v is None for v in vals):
@@ -396,6 +401,8 @@ def claim_row(claim: dict, scope: Scope, results: Results) -> dict:
     status, detail = CHECKS[claim["check"]](claim["params"], scope, results)
     if status == "not run":
         detail = f"{scope.target(claim['target'])} ({detail})"
+    elif status == NOT_IN_PROFILE:
+        status, detail = "not run", f"not in this profile: {detail}"
     return {"id": claim["id"], "section": claim["section"], "figure": claim["figure"], "claim": claim["claim"],
             "verdict": status, "detail": detail}
 

@@ -15,12 +15,13 @@ from backdoor.data import load_dataset
 from experiments import ablations, encoder, report, sequela, standalone, transfer
 from experiments import common
 from experiments.profiles import PROFILES
+from experiments.sweeps import SWEEPS
 
 SPEC = report.load_spec()
 SMOKE = PROFILES["smoke"]
-# The smoke profile cut to seconds: one attack, 1 training epoch, 3 FT/SFT epochs, one re-injection ratio.
-TINY = replace(SMOKE, attacks=("badnets",), attack_train=replace(SMOKE.attack_train, epochs=1), finetune_epochs=3,
-               reinject_epochs=2, reinject_ratios=(0.1,), mia_epochs=2)
+# The smoke profile cut to seconds: width 4, one attack, 1 training epoch, 2 FT/SFT epochs, one ratio.
+TINY = replace(SMOKE, width=4, attacks=("badnets",), attack_train=replace(SMOKE.attack_train, epochs=1),
+               finetune_epochs=2, reinject_epochs=2, reinject_ratios=(0.1,), mia_epochs=2)
 WRITERS = (standalone, sequela, transfer, encoder, ablations)
 
 
@@ -32,6 +33,7 @@ def real_results(tmp_path_factory):
         mp.setitem(PROFILES, "smoke", TINY)
         enc = encoder.PROFILES["smoke"]
         mp.setitem(encoder.PROFILES, "smoke", replace(enc, downstream=replace(enc.downstream, epochs=1)))
+        mp.setitem(SWEEPS, "smoke", replace(SWEEPS["smoke"], transfer_epochs=1, sft_epochs=1))
         mp.setattr(common, "ARTIFACTS", root)
         mp.setattr(encoder, "ARTIFACTS", root)
         for mod in WRITERS:
