@@ -494,7 +494,8 @@ def markdown(rep: dict) -> str:
             "Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware). "
             "key = result file (under artifacts/results/<profile>/) : field.\n\n"
             f"{md_table(rep['numbers'], NUM_COLS)}\n\n## Figures\n\n"
-            + "\n".join(f"- {f['name']}: {f['src'] or 'not run: ' + f['target']}" for f in rep["figures"]) + "\n")
+            + "\n".join(f"- {f['name']}: " + (f"[{f['src']}]({f['src']})" if f["src"] else f"not run ({f['target']})")
+                        for f in rep["figures"]) + "\n")
 
 
 CSS = """body{font-family:sans-serif;max-width:1400px;margin:1em auto;padding:0 1em;color:#222}
@@ -521,7 +522,7 @@ def html_page(rep: dict) -> str:
     prov = "".join(f"<li>{e(k)}: {e(v)}</li>" for k, v in rep["provenance"].items())
     figs = "".join(f'<figure><img src="{e(f["src"])}" alt="{e(f["name"])}"><figcaption>{e(f["caption"])}'
                    f"</figcaption></figure>" if f["src"] else
-                   f'<p class="not">{e(f["caption"])}: not run ({e(f["target"])})</p>' for f in rep["figures"])
+                   f'<p class="not"><b>not run</b> ({e(f["target"])}): {e(f["caption"])}</p>' for f in rep["figures"])
     note = f'<p class="note">{e(DIGITS_NOTE)}</p>' if rep["digits"] else ""
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Reproduction: {e(rep["profile"])}</title>'
             f"<style>{CSS}</style></head><body><h1>Did it reproduce? Profile <code>{e(rep['profile'])}</code></h1>"
