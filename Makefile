@@ -88,7 +88,7 @@ demo: $(STAMP)
 	@+$(demo_make) FIGS="figure1 figure4 summary" figure-files
 	@cat $(A)/results/demo/summary.txt
 	@echo "figures: $(A)/figures/demo/  results: $(A)/results/demo/"
-	@$(MAKE) --no-print-directory PROFILE=demo report
+	@$(PY) -m experiments.report --profile demo
 
 # Everything else on digits too (Table 1, Fig. 2, 3, 5-11); CPU, longer than `demo`.
 demo-full: $(STAMP)
