@@ -18,7 +18,7 @@ import os
 import re
 import statistics
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -108,7 +108,7 @@ class Scope:
     profile: Profile
     sweeps: Optional[SweepConfig]
     enc_pairs: tuple[tuple[str, str], ...]
-    ratios: tuple[str, ...] = field(default=())
+    ratios: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -289,7 +289,8 @@ def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
             fails.append(f"{run['name']}: {best} {vals[best]:.3f} < {p['who']} {vals[p['who']]:.3f}")
     if not passed:
         return "not run", f"no runs with {p['who']} and another defence"
-    return tally(passed, len(todo), p.get("share", 1.0), f"attacks (of {len(DEFENCE_NAMES)} defences, those run)", fails)
+    what = f"attacks (of {len(DEFENCE_NAMES)} defences, those run)"
+    return tally(passed, len(todo), p.get("share", 1.0), what, fails)
 
 
 def check_cost(p: dict, scope: Scope, results: Results) -> Outcome:
@@ -332,7 +333,8 @@ def check_ablation(p: dict, scope: Scope, results: Results) -> Outcome:
         if p["mode"] == "range":
             ok, text = max(vals) - min(vals) <= p["max_range"], f"range {max(vals) - min(vals):.3f}"
         else:
-            ok, text = OPS[p["op"]](vals[0], vals[-1]), f"{points[0].name} {vals[0]:.3f}, {points[-1].name} {vals[-1]:.3f}"
+            ok = OPS[p["op"]](vals[0], vals[-1])
+            text = f"{points[0].name} {vals[0]:.3f}, {points[-1].name} {vals[-1]:.3f}"
         passed.append(ok)
         if not ok:
             fails.append(f"{run['name']} {text}")
@@ -412,7 +414,8 @@ def load_spec(path: Path = SPEC) -> dict:
     """The paper-numbers file, checked against the layouts and checks this module knows."""
     spec = json.loads(Path(path).read_text())
     metrics = (*TOLERANCE, "GPU-hours")
-    bad = [f"{n['id']}: layout {n['result']['layout']!r}" for n in spec["numbers"] if n["result"]["layout"] not in LAYOUTS]
+    bad = [f"{n['id']}: layout {n['result']['layout']!r}" for n in spec["numbers"]
+           if n["result"]["layout"] not in LAYOUTS]
     bad += [f"{n['id']}: metric {n['metric']!r}" for n in spec["numbers"] if n["metric"] not in metrics]
     bad += [f"{c['id']}: check {c['check']!r}" for c in spec["claims"] if c["check"] not in CHECKS]
     if bad:

@@ -238,3 +238,29 @@ def test_unknown_check_fails_in_one_line(tmp_path):
     bad.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"nonsense.*valid checks: compare"):
         report.load_spec(bad)
+
+
+def _hist(n: int, **last) -> list[dict]:
+    return [{"epoch": e, "ca": 0.9, "asr": 0.5, "seconds": 1.0, **(last if e == n else {})} for e in range(n + 1)]
+
+
+def test_claim_checks_on_fake_paper_results(tmp_path):
+    # Each check's logic on hand-made files in the writers' layout (paper profile, CIFAR10 BadNets only).
+    res = tmp_path / "results"
+    for d, asr, hours in (("sft", 0.01, 0.10), ("abl", 0.90, 0.20), ("nc", 0.30, 0.05)):
+        _write(res, f"cifar10/badnets/{d}.json", {"final": {"ca": 0.9, "asr": asr}, "device_hours": hours})
+    for m, first, asr3 in (("clean", 7, 0.1), ("sft", 2, 0.3), ("abl", None, 0.9)):
+        _write(res, f"cifar10/badnets/reinject/{m}/0.01.json", {"epochs_to_asr_0.8": first, "history": _hist(3, asr=asr3)})
+    for mx, asr in (("0.1", 0.95), ("0.3", 0.01)):  # Fig. 9 on 10%: the paper's 100 SFT epochs
+        _write(res, f"cifar10/badnets/ablation/sft_frac0.1_max{mx}.json", {"history": _hist(100, asr=asr)})
+    claims = {c["id"]: c for c in report.build("paper", res, tmp_path / "f", tmp_path / "o")["claims"]}
+    v = {k: c["verdict"] for k, c in claims.items()}
+    assert v["fig5-sft-lowest-asr"] == "holds" and "1/1 attacks" in claims["fig5-sft-lowest-asr"]["detail"]
+    assert v["abl-leaves-badnets"] == "holds"
+    assert v["fig6-sft-cheapest"] == "does not hold"  # NC's 0.05 h is below SFT's 0.10 h
+    assert v["fig6-nc-costliest"] == "does not hold"  # ABL's 0.20 h is the highest
+    assert v["reinject-defended-faster"] == "holds"  # SFT 2 < clean 7; ABL never: 1 of 2 = share 0.5
+    assert claims["reinject-defended-faster"]["detail"].startswith("1/2")
+    assert v["reinject-sft-not-most-vulnerable"] == "holds"  # SFT 0.3 at epoch 3, ABL 0.9
+    assert v["fig9-lrmax1-helps"] == "holds"  # 0.95 at LR_MAX1 0.1 >= 0.01 at 0.3
+    assert v["nc-misses-three"] == "not run" and v["standalone-sft-asr-lt-ft"] == "not run"
