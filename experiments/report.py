@@ -198,7 +198,8 @@ def our_value(entry: dict, results: Results) -> tuple[str, Optional[float], str]
 def number_row(entry: dict, results: Results, scope: Scope) -> dict:
     row = {"id": entry["id"], "section": entry["section"], "figure": entry["figure"], "metric": entry["metric"],
            "setting": setting_text(entry["setting"]), "paper": entry["paper"], "ours": None, "diff": None,
-           "key": f"{entry['result']['file']} : {entry['result']['field']}", "detail": ""}
+           "key": f"{entry['result']['file']} : {entry['result']['field']}", "detail": "",
+           "quote": entry["quote"] + (f" [note: {entry['note']}]" if entry.get("note") else "")}
     reason = not_in_profile(entry["setting"], scope)
     if reason:
         return {**row, "verdict": "not in profile", "detail": reason}
@@ -514,8 +515,9 @@ def html_table(rows: list[dict], cols: tuple[str, ...]) -> str:
     head = "".join(f"<th>{c}</th>" for c in cols)
     body = []
     for r in rows:
+        tip = {"paper": f' title="{html.escape(r["quote"])}"'} if "quote" in r else {}  # the paper's words
         tds = "".join(f'<td class="v {r["verdict"].split()[0]}">{html.escape(v)}</td>' if c == "verdict"
-                      else f"<td>{html.escape(v)}</td>" for c, v in zip(cols, cells(r, cols)))
+                      else f"<td{tip.get(c, '')}>{html.escape(v)}</td>" for c, v in zip(cols, cells(r, cols)))
         body.append(f"<tr>{tds}</tr>")
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
@@ -532,7 +534,8 @@ def html_page(rep: dict) -> str:
             f"<h2>Provenance</h2><ul>{prov}</ul>"
             f"<h2>Claims ({e(counts(rep['claims'], CLAIM_VERDICTS))})</h2>{html_table(rep['claims'], CLAIM_COLS)}"
             f"<h2>Numbers ({e(counts(rep['numbers'], NUMBER_VERDICTS))})</h2>{note}"
-            "<p>Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware).</p>"
+            "<p>Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware). "
+            "Hover a paper value for the paper's words.</p>"
             f"{html_table(rep['numbers'], NUM_COLS)}<h2>Figures</h2>{figs}</body></html>\n")
 
 
