@@ -104,7 +104,8 @@ all: $(STAMP)
 
 demo: $(STAMP)
 	@+$(demo_make) FIGS="figure1 figure4 summary" figure-files
-	@d=$(demo_dir); cat $(A)/results/$$d/summary.txt; echo "figures: $(A)/figures/$$d/  results: $(A)/results/$$d/"
+	@d=$(demo_dir); cat $(A)/results/$$d/summary.txt; echo "figures: $(A)/figures/$$d/  results: $(A)/results/$$d/"; \
+	$(PY) -m experiments.report --profile demo $(SETFLAGS) --results $(A)/results/$$d --figures $(A)/figures/$$d --out $(A)/report/$$d
 
 # Everything else on digits too (Table 1, Fig. 2, 3, 5-11); CPU, longer than `demo`.
 demo-full: $(STAMP)
