@@ -20,16 +20,19 @@ from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.attacks.training import train_backdoored
+from backdoor.poison import check_target
 from defenses import DefenseContext, get_defense
 from defenses.presets import defense_params
-from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
-                                run_main, setup, write_result)
+from experiments.common import (check_writable, evaluator_for, jsonable, load_backdoored, load_data, resolve_device,
+                                run_dir, run_main, setup, write_result)
 from experiments.profiles import get_profile
 
 
 def train(args: argparse.Namespace) -> None:
     """Train the backdoored model with the attack's own procedure; save checkpoint, poisoned set, history."""
     prof, device = get_profile(args.profile), resolve_device(args.device)
+    if args.key_image and args.attack != "blended":
+        raise ValueError(f"--key-image is a Blended setting; attack {args.attack!r} takes no key image")
     cfg = prof.train_config(args.dataset)
     attack_params = {"target": prof.target, **preset_attack_params(prof.name, args.attack),
                      **({"key_image": args.key_image} if args.key_image else {})}
@@ -38,8 +41,12 @@ def train(args: argparse.Namespace) -> None:
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
            "device": device})
     data = load_data(args.dataset)
+    check_target(attack.target, data.num_classes, data.name)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
+    ck, rs = run_dir("checkpoints", prof.name, args.dataset, args.attack), run_dir("results", prof.name,
+                                                                              args.dataset, args.attack)
+    check_writable([ck, rs], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
     history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed)
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
@@ -47,10 +54,8 @@ def train(args: argparse.Namespace) -> None:
             "attack": {"name": args.attack, "params": attack.params()}, "profile": prof.name, "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
-    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
     save_poisoned_set(ck / "poison.safetensors", data, info)
-    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "backdoor.json",
-                 {**meta, "history": history})
+    write_result(rs / "backdoor.json", {**meta, "history": history})
     save_model(ck / "backdoor.safetensors", model, jsonable(meta), attack)
     print(f"backdoored: CA {history[-1]['ca']:.3f}  ASR {history[-1]['asr']:.3f}  ({seconds:.0f} s training)")
 
@@ -58,6 +63,8 @@ def train(args: argparse.Namespace) -> None:
 def defend(args: argparse.Namespace) -> None:
     """Load a backdoored model, run one defence on the clean training set, save model + results."""
     prof, device = get_profile(args.profile), resolve_device(args.device)
+    if args.key_image:
+        raise ValueError("--key-image is for `train` only; `defend` uses the key stored in the checkpoint")
     defense = get_defense(args.defense)
     ckpt = run_dir("checkpoints", prof.name, args.dataset, args.attack) / "backdoor.safetensors"
     model, attack, meta = load_backdoored(ckpt, device)
@@ -70,6 +77,8 @@ def defend(args: argparse.Namespace) -> None:
                          evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes,
                          params={"sft": prof.sft, **defense_params(prof.name)})
+    check_writable([ckpt.parent, run_dir("results", prof.name, args.dataset, args.attack)],
+                   _state_bytes(model) + _state_bytes(attack))
     t0 = time.perf_counter()
     result = defense(ctx)
     seconds = time.perf_counter() - t0
@@ -84,6 +93,11 @@ def defend(args: argparse.Namespace) -> None:
                  {**info, "history": result.history})
     print(f"{args.defense}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  "
           f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; {seconds:.0f} s)")
+
+
+def _state_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's saved state (what its checkpoint will take, to within the header)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def save_poisoned_set(path: Path, data: ImageData, info: dict) -> None:
@@ -110,7 +124,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--attack", required=True)
     ap.add_argument("--defense", help="for `defend`: ft, sft, ...")
-    ap.add_argument("--key-image", help="Blended key image (default: scikit-learn's china.jpg)")
+    ap.add_argument("--key-image", help="for `train` with blended: the key image (default: scikit-learn's "
+                    "china.jpg); stored in the checkpoint")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
     if args.step == "defend" and not args.defense:
