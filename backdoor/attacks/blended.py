@@ -40,13 +40,15 @@ def load_key_image(source: str, size: int = 32) -> torch.Tensor:
 
 def _open_image(path: Path) -> Image.Image:
     """Open and decode an image file; ValueError in one line if it is no image or too large."""
+    too_big = f"over the {MAX_KEY_PIXELS // 10**6} MP limit; pass a smaller RGB image with --key-image"
     try:
-        img = Image.open(path)
+        img = Image.open(path)  # reads the header only; raises itself above PIL's own (2 x 89 MP) limit
         if img.width * img.height > MAX_KEY_PIXELS:
-            raise ValueError(f"key image {path} is {img.width}x{img.height} pixels, over the "
-                             f"{MAX_KEY_PIXELS // 10**6} MP limit; pass a smaller RGB image with --key-image")
+            raise ValueError(f"key image {path} is {img.width}x{img.height} pixels, {too_big}")
         img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError) as e:
+    except Image.DecompressionBombError:
+        raise ValueError(f"key image {path} declares a decompression bomb, {too_big}") from None
+    except (UnidentifiedImageError, OSError, SyntaxError) as e:
         raise ValueError(f"key image {path} is not a readable image ({type(e).__name__}); "
                          "pass a PNG or JPEG with --key-image") from None
     return img
