@@ -193,11 +193,23 @@ def _one_line(e: BaseException) -> str:
     return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
+class UserExit(SystemExit):
+    """Exit with status USER_ERROR; str() is the one-line message (already printed to stderr)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USER_ERROR)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def run_main(step: Callable[[Any], None], args: Any) -> None:
     """Run a step; user errors (bad names, numbers, files, devices, bad checkpoints, failed writes)
     end in one line on stderr and exit status USER_ERROR (2)."""
     try:
         step(args)
     except (ValueError, OSError, CheckpointError) as e:
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        sys.exit(USER_ERROR)
+        message = f"error: {_one_line(e)}"
+        print(message, file=sys.stderr)
+        raise UserExit(message) from None
