@@ -20,7 +20,6 @@ from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.attacks.training import train_backdoored
-from backdoor.poison import check_target
 from defenses import DefenseContext, get_defense
 from defenses.presets import defense_params
 from experiments.common import (check_writable, evaluator_for, jsonable, load_backdoored, load_data, resolve_device,
@@ -41,11 +40,10 @@ def train(args: argparse.Namespace) -> None:
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
            "device": device})
     data = load_data(args.dataset)
-    check_target(attack.target, data.num_classes, data.name)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
-    ck, rs = run_dir("checkpoints", prof.name, args.dataset, args.attack), run_dir("results", prof.name,
-                                                                              args.dataset, args.attack)
+    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
+    rs = run_dir("results", prof.name, args.dataset, args.attack)
     check_writable([ck, rs], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
     history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed)
     seconds = sum(r["seconds"] for r in history)
