@@ -44,19 +44,24 @@ SLURM_CPUS ?= 8
 SLURM_MEM  ?= 32G
 SLURM_TIME ?= 24:00:00
 SLURMFLAGS = --partition "$(SLURM_PARTITION)" --slurm-gpus $(SLURM_GPUS) --cpus $(SLURM_CPUS) --mem "$(SLURM_MEM)" \
-  --time $(SLURM_TIME) --log-dir $(A)/logs/$(basename $(@:$(A)/%=%)) --target $@
+  --time $(SLURM_TIME) --log-dir $(A)/logs/$(basename $(@:$(A)/%=%))
 $(if $(filter-out local slurm,$(LAUNCHER)),$(error LAUNCHER=$(LAUNCHER): choose one of local slurm))
 LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS) --slots $(A)/.slots)
-RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) \
+# --target $@: the step locks its output, so a second `make` of the same step at once waits, then skips.
+RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ \
   $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
-profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS)))
+# A failing call (an unknown PROFILE, a bad SET) yields !error; Make then stops at once with the one-line reason.
+profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS) 2>/dev/null || echo '!error'))
 # Evaluated once per Make run (each call imports torch), unless given on the command line.
 ifeq ($(origin DATASETS),undefined)
 DATASETS := $(call profile_field,datasets)
 endif
 ifeq ($(origin ATTACKS),undefined)
 ATTACKS := $(call profile_field,attacks)
+endif
+ifneq ($(filter !error,$(DATASETS) $(ATTACKS)),)
+$(error PROFILE=$(PROFILE): $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS) 2>&1 | tail -n 1 | sed 's/^[A-Za-z]*[Ee]rror: //'))
 endif
 runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(d)/$(a)))
 SUBMAKE   = $(MAKE) --no-print-directory DATASETS="$(DATASETS)" ATTACKS="$(ATTACKS)"

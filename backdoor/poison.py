@@ -6,15 +6,25 @@ whose true label is not the target, triggered; ASR is measured on those only.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
 from .attacks import Attack
 
 
 def check_ratio(ratio: float) -> None:
-    """Fail in one line on a poison ratio outside [0, 1]."""
-    if not 0.0 <= ratio <= 1.0:
-        raise ValueError(f"poison ratio must be in [0, 1], got {ratio}")
+    """Fail in one line on a poison ratio that is not a number in [0, 1]."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio) \
+            or not 0.0 <= ratio <= 1.0:
+        raise ValueError(f"poison ratio must be a number in [0, 1], got {ratio!r}")
+
+
+def check_target(target: int, num_classes: int, dataset: str = "the dataset") -> None:
+    """Fail in one line when an attack's target class does not exist in the dataset."""
+    if not 0 <= target < num_classes:
+        raise ValueError(f"target class {target} does not exist in {dataset} ({num_classes} classes: "
+                         f"0..{num_classes - 1}); choose a target below {num_classes}")
 
 
 def poison_indices(n: int, ratio: float, seed: int = 0) -> torch.Tensor:

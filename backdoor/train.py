@@ -53,7 +53,9 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: constant, cosine")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adam")
-        if self.epochs < 0 or self.batch_size < 1 or self.lr < 0 or self.eval_every < 1:
+        if self.epochs < 1:  # 0 epochs would hand back the untrained model as if trained
+            raise ValueError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 1 or self.lr < 0 or self.eval_every < 1:
             raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}, "
                              f"eval_every={self.eval_every}")
 

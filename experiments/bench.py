@@ -3,14 +3,20 @@
 The reference feeds data the way BackdoorBench does: a Dataset returning PIL images
 through torchvision transforms (RandomCrop pad 4, flip, ToTensor, Normalize), a
 DataLoader, fp32, default memory format, a host sync (`loss.item()`) every step.
-Sizes are chosen to finish in a few minutes on a CPU and use the full model on a GPU.
+The two loops run interleaved, one epoch of each per round (order alternating), so that a
+change in machine load hits both; medians and the min-max spread over the rounds are printed,
+never a single run. Sizes are chosen to finish in a few minutes on a CPU and use the full
+model on a GPU.
 
-    python -m experiments.bench [--device cuda] [--width 64 --batch 256 --images 20000]
+    python -m experiments.bench [--device cuda] [--width 64 --batch 256 --images 20000 --epochs 5]
 """
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
 import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -22,7 +28,7 @@ from torchvision import transforms
 from backdoor.models import make_model
 from backdoor.train import TrainConfig, fit
 from defenses import DefenseContext, SFTConfig, get_defense
-from experiments.common import resolve_device
+from experiments.common import positive_int, resolve_device
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.247, 0.243, 0.261)
 
@@ -47,15 +53,18 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def reference_epoch_seconds(model, x: torch.Tensor, y: torch.Tensor, batch: int, workers: int,
-                            device: torch.device, epochs: int) -> list[float]:
-    """Seconds per epoch of the reference loop (first epoch included in the list, report the rest)."""
+EpochTimer = Callable[[int], float]  # (round) -> seconds of one training epoch
+
+
+def reference_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int, workers: int,
+                   device: torch.device) -> EpochTimer:
+    """One epoch of the reference loop per call (its DataLoader and optimizer live across calls)."""
     ds = PILDataset(x.permute(0, 2, 3, 1).numpy(), y.numpy())
     dl = DataLoader(ds, batch_size=batch, shuffle=True, drop_last=True, num_workers=workers,
                     pin_memory=device.type == "cuda", persistent_workers=workers > 0)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    times = []
-    for _ in range(epochs):
+
+    def epoch(_round: int) -> float:
         model.train()
         sync(device)
         t0 = time.perf_counter()
@@ -67,43 +76,81 @@ def reference_epoch_seconds(model, x: torch.Tensor, y: torch.Tensor, batch: int,
             opt.step()
             loss.item()  # BackdoorBench logs the loss every batch
         sync(device)
-        times.append(time.perf_counter() - t0)
+        return time.perf_counter() - t0
+
+    return epoch
+
+
+def our_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> EpochTimer:
+    """One epoch of `fit` per call; its own device-synchronised epoch time (set-up excluded)."""
+    def epoch(rnd: int) -> float:
+        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, flip=True, seed=rnd)
+        return fit(model, x, y, cfg)[1]["seconds"]
+
+    return epoch
+
+
+def interleaved(loops: dict[str, EpochTimer], rounds: int) -> dict[str, list[float]]:
+    """Seconds per epoch of each loop over `rounds` rounds, one epoch of each per round, the order
+    alternating, after one untimed warm-up epoch each: a load change hits both loops alike."""
+    for loop in loops.values():
+        loop(0)
+    times: dict[str, list[float]] = {name: [] for name in loops}
+    names = list(loops)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(loops[name](r + 1))
     return times
+
+
+def spread(values: list[float], fmt: str, unit: str = "") -> str:
+    """'median (min-max)' of `values`."""
+    med, lo, hi = (format(v, fmt) + unit for v in (statistics.median(values), min(values), max(values)))
+    return f"{med} ({lo}-{hi})"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device")
-    ap.add_argument("--width", type=int, help="default: 64 on GPU, 16 on CPU")
-    ap.add_argument("--batch", type=int, help="default: 256 on GPU, 128 on CPU")
-    ap.add_argument("--images", type=int, help="default: 50000 on GPU, 2048 on CPU")
-    ap.add_argument("--epochs", type=int, default=3, help="timed epochs per loop; the first is warm-up")
-    ap.add_argument("--workers", type=int, help="reference DataLoader workers (default: 4 on GPU, 0 on CPU)")
+    ap.add_argument("--width", type=positive_int, help="default: 64 on GPU, 16 on CPU")
+    ap.add_argument("--batch", type=positive_int, help="default: 256 on GPU, 128 on CPU")
+    ap.add_argument("--images", type=positive_int, help="default: 50000 on GPU, 1024 on CPU")
+    ap.add_argument("--epochs", type=positive_int, default=5,
+                    help="timed epochs per loop, interleaved one of each per round (plus one warm-up each)")
+    ap.add_argument("--workers", type=int, choices=range(0, 65), metavar="0..64",
+                    help="reference DataLoader workers (default: 4 on GPU, 0 on CPU)")
     args = ap.parse_args()
-    device = resolve_device(args.device)
+    try:
+        device = resolve_device(args.device)
+    except ValueError as e:
+        ap.error(str(e))
     gpu = device.type == "cuda"
-    width, batch = args.width or (64 if gpu else 16), args.batch or (256 if gpu else 128)
-    n, workers = args.images or (50000 if gpu else 2048), args.workers if args.workers is not None else (4 if gpu else 0)
+    width = args.width if args.width is not None else (64 if gpu else 16)
+    batch = args.batch if args.batch is not None else (256 if gpu else 128)
+    n = args.images if args.images is not None else (50000 if gpu else 1024)
+    workers = args.workers if args.workers is not None else (4 if gpu else 0)
+    if n < batch:
+        ap.error(f"--images {n} is fewer than one batch ({batch}); no step would run")
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 10, (n,), generator=g)
     name = torch.cuda.get_device_name() if gpu else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"bench: PreAct-ResNet18 width {width}, batch {batch}, {n} images, {args.epochs} epochs, {name}, "
-          f"torch {torch.__version__}")
+    load = "n/a" if not hasattr(os, "getloadavg") else " ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"bench: PreAct-ResNet18 width {width}, batch {batch}, {n} images, {args.epochs} interleaved rounds, "
+          f"{name}, torch {torch.__version__}, load average {load}")
 
     torch.manual_seed(0)
-    ref = reference_epoch_seconds(make_model("preactresnet18", 10, width, "cifar10").to(device), x, y, batch,
-                                  workers, device, args.epochs)
-    torch.manual_seed(0)
-    cfg = TrainConfig(epochs=args.epochs, batch_size=batch, lr=0.01, flip=True)
-    ours = [r["seconds"] for r in fit(make_model("preactresnet18", 10, width, "cifar10").to(device), x, y, cfg)[1:]]
-    steady = lambda t: min(t[1:]) if len(t) > 1 else t[0]  # noqa: E731  first epoch holds warm-up
+    ref_model = make_model("preactresnet18", 10, width, "cifar10").to(device)
+    our_model = make_model("preactresnet18", 10, width, "cifar10").to(device)
+    loops = {"reference (PIL + DataLoader, fp32, NCHW)": reference_loop(ref_model, x, y, batch, workers, device),
+             "ours (device uint8, channels_last, bf16 on GPU)": our_loop(our_model, x, y, batch)}
+    times = interleaved(loops, args.epochs)
     imgs = (n // batch) * batch
-    r_ips, o_ips = imgs / steady(ref), imgs / steady(ours)
-    print(f"{'loop':<44} {'img/s':>9} {'s/epoch':>9}")
-    print(f"{'reference (PIL + DataLoader, fp32, NCHW)':<44} {r_ips:>9.0f} {steady(ref):>9.2f}")
-    print(f"{'ours (device uint8, channels_last, bf16 on GPU)':<44} {o_ips:>9.0f} {steady(ours):>9.2f}")
-    print(f"speed-up: {o_ips / r_ips:.2f}x")
+    print(f"{'loop':<48} {'img/s median (min-max)':>24} {'s/epoch median (min-max)':>26}")
+    for loop, t in times.items():
+        print(f"{loop:<48} {spread([imgs / s for s in t], '.0f'):>24} {spread(t, '.2f'):>26}")
+    ref, ours = times.values()
+    print(f"speed-up per round, median (min-max): {spread([r / o for r, o in zip(ref, ours)], '.2f', 'x')}")
 
     model = make_model("preactresnet18", 10, width, "cifar10").to(device)
     ctx = DefenseContext(model, x, y, TrainConfig(epochs=1, batch_size=batch, flip=True),
@@ -112,7 +159,7 @@ def main() -> None:
     t0 = time.perf_counter()
     get_defense("sft")(ctx)
     sync(device)
-    print(f"one SFT epoch over {n} images: {time.perf_counter() - t0:.2f} s wall (includes warm-up)")
+    print(f"one SFT epoch over {n} images: {time.perf_counter() - t0:.2f} s wall (one run, includes warm-up)")
 
 
 if __name__ == "__main__":

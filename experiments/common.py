@@ -1,9 +1,12 @@
 """Paths, run set-up and result writing shared by the experiment scripts."""
 from __future__ import annotations
 
+import argparse
+import inspect
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
@@ -12,16 +15,19 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from backdoor.attacks import Attack, make_attack
+from backdoor.attacks import ATTACKS, Attack, make_attack
 from backdoor.checkpoint import (CheckpointError, atomic_write_json, environment, load_checkpoint, load_state_into,
-                                 split)
+                                 require, sidecar_path, split_all)
+from backdoor import data as _data
 from backdoor.data import ImageData, load_dataset
 from backdoor.metrics import make_evaluator
-from backdoor.models import make_model
+from backdoor.models import MODELS, make_model
 from backdoor.poison import poisoned_test_set
 from backdoor.train import default_device
 
 ARTIFACTS = Path(os.environ.get("ARTIFACTS", "artifacts"))
+# The one exit status of a user error (bad name, number, file or device), as argparse uses for bad arguments.
+USER_ERROR = 2
 
 
 def run_dir(kind: str, profile: str, dataset: str, attack: str) -> Path:
@@ -58,21 +64,56 @@ def write_result(path: Path, result: dict[str, Any]) -> None:
 
 
 def read_json(path: Path | str) -> dict[str, Any]:
-    """Read a results JSON, with a one-line error naming the Make target when missing."""
+    """Read a results JSON, with a one-line error naming the Make target when missing or the file when invalid."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; run the make target that writes it")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); delete it and run the make target that writes it") \
+            from None
+
+
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def check_backdoored_meta(meta: dict[str, Any], source: Path | str) -> None:
+    """Schema of a backdoored checkpoint's sidecar: one CheckpointError naming the file and the first bad field."""
+    require(meta, source, "arch", dict, want="a JSON object")
+    require(meta, source, "arch.name", str, lambda v: v in MODELS, f"one of: {', '.join(sorted(MODELS))}")
+    classes = require(meta, source, "arch.num_classes", int, _positive, "a positive integer")
+    require(meta, source, "arch.width", int, _positive, "a positive integer")
+    require(meta, source, "arch.dataset", (str, type(None)), default=None)
+    require(meta, source, "attack", dict, want="a JSON object")
+    require(meta, source, "attack.name", str, lambda v: v in ATTACKS, f"one of: {', '.join(sorted(ATTACKS))}")
+    require(meta, source, "attack.params", dict, want="a JSON object")
+    require(meta, source, "attack.params.target", int, lambda v: 0 <= v < classes,
+            f"a class index in [0, {classes})")
+
+
+def rebuild_attack(name: str, params: dict[str, Any], state: dict[str, torch.Tensor], source: Path | str) -> Attack:
+    """The attack from its params and saved state; state the constructor accepts by name (Blended's `key`)
+    is passed to it, so it need not re-read a source file that may have moved since."""
+    accepted = inspect.signature(ATTACKS[name].__init__).parameters
+    try:
+        attack = make_attack(name, **params, **{k: v for k, v in state.items() if k in accepted and k not in params})
+    except TypeError as e:
+        raise CheckpointError(f"{sidecar_path(source)}: field attack.params does not fit attack {name!r} ({e})") \
+            from None
+    load_state_into(attack, state, what="attack")
+    return attack
 
 
 def load_backdoored(path: Path, device: torch.device) -> tuple[nn.Module, Attack, dict[str, Any]]:
     """Rebuild the backdoored model and its attack from a checkpoint written by `standalone train`."""
     tensors, meta = load_checkpoint(path)
-    arch = meta["arch"]
+    check_backdoored_meta(meta, sidecar_path(path))
+    arch, parts = meta["arch"], split_all(tensors, ("model", "attack"), path)
     model = make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
-    load_state_into(model, split(tensors, "model"))
-    attack = make_attack(meta["attack"]["name"], **meta["attack"]["params"])
-    load_state_into(attack, split(tensors, "attack"), what="attack")
+    load_state_into(model, parts["model"])
+    attack = rebuild_attack(meta["attack"]["name"], meta["attack"]["params"], parts["attack"], path)
     return model.to(device), attack.to(device), meta
 
 
@@ -83,18 +124,93 @@ def evaluator_for(data: ImageData, attack: Attack, device: torch.device):
 
 
 def resolve_device(name: str | None) -> torch.device:
-    """`--device` value or the default (CUDA if present)."""
-    return torch.device(name) if name else default_device()
+    """`--device` value or the default (CUDA if present); ValueError if it is no device or not present here."""
+    if not name:
+        return default_device()
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device {name!r} is not a device; use cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"--device {name}: no CUDA GPU is visible here; use --device cpu (or leave it out)")
+        if device.index is not None and device.index >= count:
+            raise ValueError(f"--device {name}: only {count} GPU(s) visible (cuda:0..cuda:{count - 1})")
+    elif device.type != "cpu":
+        raise ValueError(f"--device {name}: only cpu and cuda devices are supported")
+    return device
+
+
+def check_data_dir(path: Path | str | None = None) -> None:
+    """DATA_DIR must be a readable, writable directory (or not exist yet); ValueError saying so."""
+    path = Path(_data.DATA_DIR if path is None else path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"DATA_DIR={path} is a file, not a directory; point DATA_DIR at a directory")
+    if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ValueError(f"DATA_DIR={path} is not readable and writable by this user; fix its permissions "
+                         "or point DATA_DIR elsewhere")
 
 
 def load_data(name: str) -> ImageData:
-    """Load a dataset by registry name (cached uint8 tensors)."""
+    """Load a dataset by registry name (cached uint8 tensors), after checking DATA_DIR."""
+    check_data_dir()
     return load_dataset(name)
 
 
+def check_writable(dirs: list[Path], need_bytes: int = 0) -> None:
+    """Create `dirs` and write a probe file in each, and check `need_bytes` of free space, before any long
+    work; OSError/ValueError with one line naming the directory."""
+    for d in dirs:
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".write-test.{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise ValueError(f"cannot write to {d} ({e.strerror or e}); make it writable or set ARTIFACTS/A "
+                             "to a writable directory") from None
+        free = shutil.disk_usage(d).free
+        if free < need_bytes:
+            raise ValueError(f"{d} has {free / 2**20:.0f} MiB free, this step writes about "
+                             f"{need_bytes / 2**20:.0f} MiB; free some space or set ARTIFACTS/A elsewhere")
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _one_line(e: BaseException) -> str:
+    """An OSError with a file name as 'reason: file', anything else as its message."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        return f"{e.strerror}: {e.filename}"
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
+class UserExit(SystemExit):
+    """Exit with status USER_ERROR; str() is the one-line message (already printed to stderr)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(USER_ERROR)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
 def run_main(step: Callable[[Any], None], args: Any) -> None:
-    """Run a step; user errors (bad names, missing files, bad checkpoints) end in one line, exit 2."""
+    """Run a step; user errors (bad names, numbers, files, devices, bad checkpoints, failed writes)
+    end in one line on stderr and exit status USER_ERROR (2)."""
     try:
         step(args)
-    except (ValueError, FileNotFoundError, CheckpointError) as e:
-        sys.exit(f"error: {e}")
+    except (ValueError, OSError, CheckpointError) as e:
+        message = f"error: {_one_line(e)}"
+        print(message, file=sys.stderr)
+        raise UserExit(message) from None

@@ -7,6 +7,8 @@ local: the step runs in this process; with --gpus, it first takes a free GPU fro
 (one lock per GPU under --slots), so `make -j 8 GPUS=0,...,7` keeps one step on each GPU.
 slurm: the step is submitted with submitit and waited for; a failed or cancelled job fails the command
 and removes --target, so Make sees the step as not done and a rerun submits it again.
+Both: with --target, the step holds a lock on its output (.<name>.lock beside it), so a second `make`
+running the same step at the same time waits, then skips it once the first run has written the file.
 """
 from __future__ import annotations
 
@@ -73,6 +75,32 @@ def gpu_slot(gpus: Sequence[str], slots: Path, poll_s: float = 1.0) -> Iterator[
                 f.close()  # releases the lock
             return
         time.sleep(poll_s)
+
+
+def _mtime(path: Path) -> int | None:
+    with contextlib.suppress(OSError):
+        return path.stat().st_mtime_ns
+    return None
+
+
+@contextlib.contextmanager
+def output_lock(target: Path | None) -> Iterator[bool]:
+    """Hold the lock of `target` while the step runs; yield True if another run wrote `target` while this
+    one waited for the lock (the step is then done and should be skipped)."""
+    if target is None:
+        yield False
+        return
+    before = _mtime(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_name(f".{target.name}.lock"), "w") as f:  # closing the file releases the lock
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            waited = False
+        except BlockingIOError:
+            log.info("waiting: another run is building %s", target)
+            fcntl.flock(f, fcntl.LOCK_EX)
+            waited = True
+        yield waited and _mtime(target) not in (None, before)
 
 
 def launch_local(module: str, args: Sequence[str], gpus: Sequence[str] = (), slots: Path = Path()) -> None:
@@ -189,7 +217,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     ap.add_argument("--gpus", default="", help="local: comma-separated GPU ids shared by concurrent steps")
     ap.add_argument("--slots", type=Path, default=Path("artifacts/.slots"), help="local: where the GPU locks live")
     ap.add_argument("--log-dir", type=Path, default=Path("artifacts/logs"), help="slurm: the job's log folder")
-    ap.add_argument("--target", type=Path, help="slurm: the step's output file, removed if the job fails")
+    ap.add_argument("--target", type=Path, help="the step's output file: locked while the step runs (a concurrent "
+                    "run of the same step waits, then skips); slurm: removed if the job fails")
     ap.add_argument("--partition", default="", help="slurm: partition (default: the cluster's default)")
     ap.add_argument("--slurm-gpus", type=int, default=0, help="slurm: GPUs per job")
     ap.add_argument("--cpus", type=int, default=1, help="slurm: CPUs per job")
@@ -205,7 +234,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the step configures the root logger itself
-    module, args = step[0], step[1:]
+    with output_lock(a.target) as done:
+        if done:
+            log.info("%s was built by another run while this one waited; skipping", a.target)
+            return
+        run_step(a, step[0], step[1:])
+
+
+def run_step(a: argparse.Namespace, module: str, args: Sequence[str]) -> None:
+    """Run the step with the launcher and resources parsed into `a`."""
     if a.launcher == "local":
         launch_local(module, args, [g for g in a.gpus.split(",") if g], a.slots)
         return

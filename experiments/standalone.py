@@ -19,14 +19,16 @@ from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
-from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
-                                run_main, setup, write_result)
+from experiments.common import (check_writable, evaluator_for, jsonable, load_backdoored, load_data, resolve_device,
+                                run_dir, run_main, setup, write_result)
 from experiments.profiles import add_profile_args, profile_from
 
 
 def train(args: argparse.Namespace) -> None:
     """Train the backdoored model with the attack's own procedure; save checkpoint, poisoned set, history."""
     prof, device = profile_from(args), resolve_device(args.device)
+    if args.key_image and args.attack != "blended":
+        raise ValueError(f"--key-image is a Blended setting; attack {args.attack!r} takes no key image")
     cfg = prof.train_config(args.dataset)
     attack_params = {**prof.attack_kwargs(args.attack), **({"key_image": args.key_image} if args.key_image else {})}
     attack = make_attack(args.attack, **attack_params).to(device)
@@ -36,6 +38,9 @@ def train(args: argparse.Namespace) -> None:
     data = load_data(args.dataset)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
+    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
+    rs = run_dir("results", prof.name, args.dataset, args.attack)
+    check_writable([ck, rs], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
     history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed)
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
@@ -43,10 +48,8 @@ def train(args: argparse.Namespace) -> None:
             "attack": {"name": args.attack, "params": attack.params()}, **prof.stamp(), "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
-    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
     save_poisoned_set(ck / "poison.safetensors", data, info)
-    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "backdoor.json",
-                 {**meta, "history": history})
+    write_result(rs / "backdoor.json", {**meta, "history": history})
     save_model(ck / "backdoor.safetensors", model, jsonable(meta), attack)
     print(f"backdoored: CA {history[-1]['ca']:.3f}  ASR {history[-1]['asr']:.3f}  ({seconds:.0f} s training)")
 
@@ -54,6 +57,8 @@ def train(args: argparse.Namespace) -> None:
 def defend(args: argparse.Namespace) -> None:
     """Load a backdoored model, run one defence on the clean training set, save model + results."""
     prof, device = profile_from(args), resolve_device(args.device)
+    if args.key_image:
+        raise ValueError("--key-image is for `train` only; `defend` uses the key stored in the checkpoint")
     defense = get_defense(args.defense)
     ckpt = run_dir("checkpoints", prof.name, args.dataset, args.attack) / "backdoor.safetensors"
     model, attack, meta = load_backdoored(ckpt, device)
@@ -66,6 +71,8 @@ def defend(args: argparse.Namespace) -> None:
                          evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes,
                          params=prof.defense_params())
+    check_writable([ckpt.parent, run_dir("results", prof.name, args.dataset, args.attack)],
+                   _state_bytes(model) + _state_bytes(attack))
     result = defense(ctx)
     final = result.history[-1]
     # device_hours: the defence's one clock (backdoor.train.Clock), evaluation excluded; per epoch in
@@ -81,6 +88,11 @@ def defend(args: argparse.Namespace) -> None:
     print(f"{args.defense}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  "
           f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; "
           f"{info['device_hours'] * 3600:.0f} s charged)")
+
+
+def _state_bytes(module: torch.nn.Module) -> int:
+    """Bytes of a module's saved state (what its checkpoint will take, to within the header)."""
+    return sum(t.numel() * t.element_size() for t in module.state_dict().values())
 
 
 def save_poisoned_set(path: Path, data: ImageData, info: dict) -> None:
@@ -107,7 +119,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--attack", required=True)
     ap.add_argument("--defense", help="for `defend`: ft, sft, ...")
-    ap.add_argument("--key-image", help="Blended key image (default: scikit-learn's china.jpg)")
+    ap.add_argument("--key-image", help="for `train` with blended: the key image (default: scikit-learn's "
+                    "china.jpg); stored in the checkpoint")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
     if args.step == "defend" and not args.defense:

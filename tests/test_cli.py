@@ -33,7 +33,7 @@ def test_unknown_name_lists_valid_ones(lookup, registry):
 def test_cli_errors_are_one_line(args, expect, tmp_path):
     r = subprocess.run([sys.executable, "-m", "experiments.standalone", *args], capture_output=True, text=True,
                        env={"ARTIFACTS": str(tmp_path), "PATH": ""}, timeout=120)
-    assert r.returncode != 0
+    assert r.returncode == 2  # the one exit status of user errors (experiments.common.USER_ERROR)
     assert expect in r.stderr and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
@@ -41,4 +41,4 @@ def test_defend_without_backdoored_model_names_the_fix(tmp_path):
     r = subprocess.run([sys.executable, "-m", "experiments.standalone", "defend", "--profile", "smoke",
                         "--dataset", "digits", "--attack", "badnets", "--defense", "sft"],
                        capture_output=True, text=True, env={"ARTIFACTS": str(tmp_path), "PATH": ""}, timeout=120)
-    assert r.returncode != 0 and "re-run the step" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == 2 and "re-run the step" in r.stderr and "Traceback" not in r.stderr

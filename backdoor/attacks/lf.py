@@ -146,8 +146,9 @@ class LF(Attack):
             log.info("LF cache %s was made with other settings; regenerating", path)
         torch.manual_seed(seed)
         model = make_model("preactresnet18", data.num_classes, width, data.name).to(device)
-        fit(model, data.x_train, data.y_train, replace(cfg, epochs=self.gen_params["clean_epochs"], seed=seed),
-            desc="LF clean model")
+        if self.gen_params["clean_epochs"]:  # 0: an untrained clean model (TrainConfig refuses 0 epochs)
+            fit(model, data.x_train, data.y_train, replace(cfg, epochs=self.gen_params["clean_epochs"], seed=seed),
+                desc="LF clean model")
         gen = torch.Generator().manual_seed(seed)
         pick = torch.randperm(len(data.x_train), generator=gen)[: self.gen_params["n_images"]]
         per_class = [torch.nonzero(data.y_train == c).flatten()[:10] for c in range(data.num_classes)]

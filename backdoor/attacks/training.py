@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from backdoor.data import ImageData
 from backdoor.metrics import make_evaluator
-from backdoor.poison import check_ratio, poison_train_set, poisoned_test_set
+from backdoor.poison import check_ratio, check_target, poison_train_set, poisoned_test_set
 
 from .base import Attack
 
@@ -78,6 +78,7 @@ def train_backdoored(attack: Attack, model: nn.Module, data: ImageData, cfg, rat
     poison_idx (LongTensor), num_poisoned, and x_train/y_train: the poisoned training set.
     """
     check_ratio(ratio)
+    check_target(attack.target, data.num_classes, data.name)
     device = next(model.parameters()).device
     attack.to(device)
     if evaluate is True:
