@@ -509,8 +509,8 @@ def write_fake(name: str, out: Path | str, n: Optional[int] = None, n_test: Opti
 def main(argv: list[str] | None = None) -> None:
     """CLI: convert (with --download: fetch) datasets into the cache, or write fakes with --fake DIR."""
     p = argparse.ArgumentParser(prog="python -m backdoor.data", description=main.__doc__)
-    p.add_argument("names", nargs="*", choices=sorted(SOURCES), metavar="NAME",
-                   help=f"default: every dataset make all reads ({' '.join(MAKE_ALL)})")
+    p.add_argument("names", nargs="*", metavar="NAME",  # no choices=: argparse rejects an empty list with them
+                   help=f"one of {', '.join(sorted(SOURCES))}; default: what make all reads ({' '.join(MAKE_ALL)})")
     p.add_argument("--download", action="store_true", help="download missing source files")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--fake", type=Path, metavar="DIR", help="write synthetic datasets in the real formats to DIR")
@@ -519,6 +519,10 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     names = args.names or list(MAKE_ALL)
+    try:
+        [_source(name) for name in names]
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     for name in names:
         if args.fake:
             n, n_test = write_fake(name, args.fake, args.n, seed=args.seed) if name in _FAKES else (0, 0)
