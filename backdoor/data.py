@@ -189,43 +189,50 @@ def _download_gtsrb(data_dir: Path) -> None:
 STL_FOLDER, STL_PIXELS = "stl10_binary", 3 * 96 * 96
 
 
-def _area_resize(x: np.ndarray, chunk: int = 4096) -> torch.Tensor:
-    """uint8 NCHW images -> 32x32 by area averaging (3x3 boxes for STL10's 96x96), rounded, in chunks."""
-    out = torch.empty((len(x), 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
-    for i in range(0, len(x), chunk):  # chunks of a memmap: the 2.8 GB unlabelled file is never all in memory
-        block = torch.from_numpy(np.ascontiguousarray(x[i: i + chunk])).float()
-        out[i: i + chunk] = F.interpolate(block, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area").round_().to(torch.uint8)
-    return out
+def _area_resize(x: np.ndarray) -> torch.Tensor:
+    """uint8 NCHW images -> 32x32 by area averaging (3x3 boxes for STL10's 96x96), rounded."""
+    block = torch.from_numpy(np.ascontiguousarray(x)).float()
+    return F.interpolate(block, size=(IMAGE_SIZE, IMAGE_SIZE), mode="area").round_().to(torch.uint8)
 
 
-def _stl_images(name: str, path: Path) -> np.ndarray:
+def _stl_count(name: str, path: Path) -> int:
     if not path.is_file():
         raise DatasetMissing(name, path.parent, f"{name}: {path} is missing")
     size = path.stat().st_size
     if size == 0 or size % STL_PIXELS:
         raise _bad(name, f"{path} has {size} bytes, not a multiple of {STL_PIXELS} (truncated)")
-    # stored (N, C, W, H): each channel column-major, as torchvision's STL10 transposes it
-    return np.memmap(path, np.uint8, "r").reshape(-1, 3, 96, 96).transpose(0, 1, 3, 2)
+    return size // STL_PIXELS
+
+
+def _stl_resized(path: Path, count: int, chunk: int = 1024) -> torch.Tensor:
+    """Read and resize in chunks: the 2.8 GB unlabelled file is never in memory (nor mapped) at once."""
+    out = torch.empty((count, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    with open(path, "rb") as f:
+        for i in range(0, count, chunk):
+            m = min(chunk, count - i)  # stored (N, C, W, H): each channel column-major, as torchvision transposes it
+            out[i: i + m] = _area_resize(np.fromfile(f, np.uint8, m * STL_PIXELS).reshape(m, 3, 96, 96)
+                                         .transpose(0, 1, 3, 2))
+    return out
 
 
 def _stl_reader(name: str, splits: tuple[str, Optional[str]]) -> Callable[[Path, tuple[int, int]], Splits]:
     def read(data_dir: Path, sizes: tuple[int, int]) -> Splits:
         root = data_dir / STL_FOLDER
-        imgs = [_stl_images(name, root / f"{s}_X.bin") if s else None for s in splits]
-        _check_sizes(name, tuple(0 if x is None else len(x) for x in imgs), sizes)
+        counts = [_stl_count(name, root / f"{s}_X.bin") if s else 0 for s in splits]
+        _check_sizes(name, tuple(counts), sizes)  # before reading 2.8 GB
         out = []
-        for s, x in zip(splits, imgs):
-            if x is None:  # the unlabelled set has no test split
+        for s, n in zip(splits, counts):
+            if s is None:  # the unlabelled set has no test split
                 out += _empty()
                 continue
             if s == "unlabeled":
-                y = np.full(len(x), -1, np.int64)
+                y = np.full(n, -1, np.int64)
             else:
                 yp = root / f"{s}_y.bin"
                 y = np.fromfile(yp, np.uint8).astype(np.int64) - 1 if yp.is_file() else np.zeros(0, np.int64)
-                if len(y) != len(x):
-                    raise _bad(name, f"{yp} holds {len(y)} labels for {len(x)} images")
-            out += [_area_resize(x), torch.from_numpy(y)]
+                if len(y) != n:
+                    raise _bad(name, f"{yp} holds {len(y)} labels for {n} images")
+            out += [_stl_resized(root / f"{s}_X.bin", n), torch.from_numpy(y)]
         return tuple(out)
 
     return read
