@@ -1,4 +1,4 @@
-"""`make plan`: each figure's steps (from `make -n -B`), the work they do, and the device-hours of `make all`.
+"""`make plan`: each figure's steps (from one `make -n -B`), their work, and the device-hours of `make all`.
 
 Work is counted in image-passes: one image through forward + backward of the model being trained. An
 evaluation or feature forward counts 1/3 (backward is about twice a forward), so dividing by a training
@@ -12,11 +12,9 @@ backdoor.data.SOURCES. Early stopping (NC, FP's pruning loop) is counted at its 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shlex
 import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -38,8 +36,8 @@ class Step:
 
     @property
     def label(self) -> str:
-        keep = [v for k, v in self.opts if k not in ("profile", "triggers", "device")]
-        return " ".join([self.module.removeprefix("experiments."), self.command, *keep])
+        keep = [v for k, v in self.opts if k not in ("profile", "triggers", "device", "out", "results")]
+        return " ".join(w for w in [self.module.removeprefix("experiments."), self.command, *keep] if w)
 
 
 def parse_step(line: str) -> Optional[Step]:
@@ -106,7 +104,8 @@ class Costs:
             ("experiments.encoder", "pretrain"): self.simclr,
             ("experiments.encoder", "badencoder"): self.badencoder,
             ("experiments.encoder", "downstream"): self.downstream,
-            ("experiments.table1", ""): lambda s: 0.0,
+            ("experiments.table1", ""): lambda s: 0.0,  # a handful of images
+            ("experiments.summary", ""): lambda s: 0.0,  # reads results files
             ("experiments.lr_schedule", ""): lambda s: 0.0,
         }
 
@@ -220,34 +219,35 @@ class Costs:
 
 
 # ---------------------------------------------------------------- make -n
-def make_lines(profile: str, figures: list[str], variables: dict[str, str]) -> list[str]:
-    """`make -n -B` of `figures` (the whole chain, as if nothing were built yet)."""
-    cmd = ["make", "-n", "-B", "--no-print-directory", f"PROFILE={profile}", f"FIGS={' '.join(figures)}",
-           "LAUNCHER=local", "GPUS=", *(f"{k}={v}" for k, v in variables.items()), "figure-files"]
+def make_lines(profile: str, figures: list[str]) -> list[str]:
+    """`make -n -B -j1` of `figures`: the whole chain as if nothing were built, in make's serial order."""
+    cmd = ["make", "-n", "-B", "-j1", "--no-print-directory", f"PROFILE={profile}", f"FIGS={' '.join(figures)}",
+           "LAUNCHER=local", "GPUS=", "figure-files"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
-        raise SystemExit(f"plan: {' '.join(cmd[:6])} failed: {out.stderr.strip().splitlines()[-1:]}")
+        raise SystemExit(f"plan: {' '.join(cmd[:7])} failed: {out.stderr.strip().splitlines()[-1:]}")
     return out.stdout.splitlines()
 
 
-def make_variables(profile: str, figures: list[str]) -> dict[str, str]:
-    """The lists the Makefiles compute with Python once per run, computed once here (plan-vars in make/plan.mk)."""
-    out = subprocess.run(["make", "-s", "--no-print-directory", f"PROFILE={profile}", f"FIGS={' '.join(figures)}",
-                          "plan-vars"],
-                         capture_output=True, text=True)
-    if out.returncode:
-        raise SystemExit(f"plan: make plan-vars failed: {out.stderr.strip()[-300:]}")
-    pairs = [line.split("=", 1) for line in out.stdout.splitlines() if "=" in line]
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
-def steps_of(lines: list[str]) -> list[Step]:
-    seen: dict[Step, None] = {}
+def split_by_figure(lines: list[str], figures: list[str]) -> dict[str, list[Step]]:
+    """Each figure's new steps. Serial make runs a goal's whole prerequisite tree before the goal's own
+    plotting line (`--out .../<figure>.png`), so the steps printed since the previous figure are its new ones."""
+    files = {("summary.txt" if f == "summary" else f"{f}.png"): f for f in figures}
+    out: dict[str, list[Step]] = {f: [] for f in figures}
+    seen: set[Step] = set()
+    pending: list[Step] = []
     for line in lines:
         s = parse_step(line)
-        if s is not None:
-            seen.setdefault(s)
-    return list(seen)
+        if s is not None and s not in seen:
+            seen.add(s)
+            pending.append(s)
+        m = re.search(r"--out\s+(\S+)", line)
+        if m and Path(m.group(1)).name in files:
+            out[files[Path(m.group(1)).name]] += pending
+            pending = []
+    if pending:
+        raise SystemExit(f"plan: {len(pending)} steps of make -n belong to no figure (first: {pending[0].label})")
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -265,22 +265,18 @@ def _fmt(x: float) -> str:
 
 def report(profile: str, per_figure: dict[str, list[Step]], cost: Callable[[Step], float],
            img_per_s: Optional[float], show_steps: bool) -> list[str]:
-    """Lines of the plan: per figure its new steps (listed once, in the first figure that needs them)."""
-    out, done, total = [], set(), 0.0
-    hours = (lambda w: f"  {w / img_per_s / 3600:8.2f} device-h") if img_per_s else (lambda w: "")
-    out.append(f"plan PROFILE={profile}: work in image-passes (fwd+bwd; a forward counts 1/3)"
-               + (f", at {img_per_s:g} img/s" if img_per_s else ""))
+    """Lines of the plan: each figure's new steps (a step shared by figures counts in the first one)."""
+    hours = (lambda w: f"  {w / img_per_s / 3600:9.2f} device-h") if img_per_s else (lambda w: "")
+    out = [f"plan PROFILE={profile}: work in image-passes (fwd+bwd; a forward counts 1/3)"
+           + (f", at {img_per_s:g} img/s" if img_per_s else "")]
+    total, count = 0.0, 0
     for fig, steps in per_figure.items():
-        new = [s for s in steps if s not in done]
         work = sum(cost(s) for s in steps)
-        new_work = sum(cost(s) for s in new)
-        out.append(f"{fig:<10} {len(steps):4d} steps ({len(new):4d} new)  work {_fmt(work):>9}  new {_fmt(new_work):>9}"
-                   + hours(new_work))
+        out.append(f"{fig:<10} {len(steps):4d} new steps  work {_fmt(work):>9}" + hours(work))
         if show_steps:
-            out += [f"    {_fmt(cost(s)):>9}  {s.label}" for s in new]
-        done.update(new)
-        total += new_work
-    out.append(f"{'total':<10} {len(done):4d} steps{'':13}  work {_fmt(total):>9}{'':15}" + hours(total))
+            out += [f"    {_fmt(cost(s)):>9}  {s.label}" for s in steps]
+        total, count = total + work, count + len(steps)
+    out.append(f"{'total':<10} {count:4d} steps      work {_fmt(total):>9}" + hours(total))
     if not img_per_s:
         out.append("give IMG_PER_S= (training img/s of `make bench` on your device) or BENCH=<saved make bench output>")
     return out
@@ -298,11 +294,8 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"plan: IMG_PER_S must be > 0, got {a.img_per_s:g}")
     rate = a.img_per_s or (bench_img_per_s(a.bench) if a.bench else None)
     cost = Costs(a.profile)  # fails on an unknown profile before make runs
-    variables = make_variables(a.profile, a.figures.split())
     figs = a.figures.split()
-    with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:  # one `make -n` per figure, a few s each
-        lines = pool.map(lambda f: make_lines(a.profile, [f], variables), figs)
-    per_figure = {f: steps_of(ls) for f, ls in zip(figs, lines)}
+    per_figure = split_by_figure(make_lines(a.profile, figs), figs)
     print("\n".join(report(a.profile, per_figure, cost, rate, a.steps)))
 
 

@@ -7,16 +7,7 @@ PLAN_FIGS ?= $(ALL_FIGURES)
 IMG_PER_S ?=
 BENCH     ?=
 
-.PHONY: plan plan-vars
+.PHONY: plan
 plan: $(STAMP)
 	@$(PY) -m experiments.plan --profile $(PROFILE) --figures "$(PLAN_FIGS)" $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) \
 	  $(if $(BENCH),--bench $(BENCH)) $(if $(PLAN_STEPS),--steps)
-
-# The lists other make/*.mk compute with Python, printed once so that plan's per-figure `make -n` runs skip it.
-plan-vars:
-	@echo "DATASETS=$(DATASETS)"
-	@echo "ATTACKS=$(ATTACKS)"
-	@echo "SEQ_RATIOS=$(SEQ_RATIOS)"
-	@echo "ENC_PRE=$(ENC_PRE)"
-	@echo "ENC_DOWN=$(ENC_DOWN)"
-	@echo "_SW=$(_SW)"

@@ -20,7 +20,22 @@ def test_parse_step_through_the_launcher_and_without():
     assert t.opt("triggers") == "badnets blended" and t.opt("defense") == "ft"
     # plotting and venv lines are not steps; the same step twice is one step
     assert plan.parse_step(".venv/bin/python -m figures.figure4 --results x --out y.png") is None
-    assert len(plan.steps_of([LAUNCH + "experiments.standalone train --dataset cifar10 --attack badnets"] * 2)) == 1
+
+
+def test_split_by_figure_gives_each_shared_step_to_the_first_figure():
+    """Serial `make -n` prints a figure's whole prerequisite tree before its plotting line."""
+    train = LAUNCH + "experiments.standalone train --profile p --dataset cifar10 --attack badnets"
+    ft = LAUNCH + "experiments.standalone defend --profile p --dataset cifar10 --attack badnets --defense ft"
+    lines = [train, ft, ".venv/bin/python -m figures.figure4 --results r --out a/figures/p/figure4.png",
+             LAUNCH + "experiments.table1 --profile p --datasets cifar10 --out a/results/p/table1.safetensors",
+             ".venv/bin/python -m figures.table1 a/results/p/table1.safetensors --out a/figures/p/table1.png",
+             ".venv/bin/python -m experiments.summary --results r --out a/results/p/summary.txt"]
+    out = plan.split_by_figure(lines, ["figure4", "table1", "summary"])
+    assert [s.label for s in out["figure4"]] == ["standalone train cifar10 badnets", "standalone defend cifar10 badnets ft"]
+    assert [s.label for s in out["table1"]] == ["table1 cifar10"]  # its training step was figure4's
+    assert [s.label for s in out["summary"]] == ["summary"]
+    with pytest.raises(SystemExit, match="1 steps of make -n belong to no figure"):
+        plan.split_by_figure(lines[:2] + lines[2:3] + [LAUNCH + "experiments.sequela mia --dataset x"], ["figure4"])
 
 
 def _step(line: str) -> plan.Step:
@@ -49,15 +64,15 @@ def test_unknown_step_kind_fails_naming_the_file():
         plan.Costs("demo")(_step("experiments.newthing run --dataset digits"))
 
 
-def test_report_counts_a_shared_step_once():
+def test_report_total_is_the_sum_of_the_figures():
     c = plan.Costs("demo")
     train = _step("experiments.standalone train --dataset digits --attack badnets")
     ft = _step("experiments.standalone defend --dataset digits --attack badnets --defense ft")
-    lines = plan.report("demo", {"figure4": [train, ft], "table1": [train]}, c, 1000.0, show_steps=False)
+    lines = plan.report("demo", {"figure4": [train, ft], "table1": []}, c, 1000.0, show_steps=True)
     total = c(train) + c(ft)
     assert lines[-1].split()[:3] == ["total", "2", "steps"]
-    assert f"{total / 1000 / 3600:8.2f} device-h" in lines[-1]
-    assert "(   0 new)" in lines[2]  # table1 reuses figure4's training step
+    assert f"{total / 1000 / 3600:9.2f} device-h" in lines[-1] and f"{total / 1000 / 3600:9.2f}" in lines[1]
+    assert lines[2].strip().endswith("standalone train digits badnets") and lines[4].startswith("table1        0 new")
 
 
 def test_bench_file_parsed(tmp_path):
