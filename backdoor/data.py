@@ -365,7 +365,12 @@ def load_dataset(name: str, data_dir: Path | str = DATA_DIR, download: bool = Fa
         except Exception as e:  # any unreadable or outdated cache is just rebuilt from the source
             log.warning("cache %s is unreadable (%s); rebuilding it", path, e)
     if download and src.download is not None:
-        src.download(data_dir)
+        try:
+            src.download(data_dir)
+        except (OSError, RuntimeError) as e:  # URLError is an OSError; torchvision raises RuntimeError on a bad md5
+            reason = " ".join(str(e).split())
+            raise DatasetInvalid(f"{name}: downloading {src.archive} failed ({type(e).__name__}: {reason}); "
+                                 f"fetch it by hand into {data_dir}/ (README: Datasets)") from None
     sizes = tuple(sizes) if sizes is not None else src.sizes
     x_tr, y_tr, x_te, y_te = src.read(data_dir, sizes)
     _check_sizes(name, (len(x_tr), len(x_te)), sizes)

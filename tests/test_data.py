@@ -402,3 +402,26 @@ def test_cli_fake_then_convert_defaults_to_everything_make_all_reads(tmp_path, c
     with pytest.raises(SystemExit) as e:  # real loaders read the fakes; their size is refused in one line
         bd.main(["--data-dir", str(tmp_path), "cifar100"])
     assert str(e.value).startswith("cifar100: found 50 train / 10 test images") and "\n" not in str(e.value)
+
+
+@pytest.mark.slow
+def test_full_size_fake_gtsrb_yields_39209_original_and_refuses_rerelease(tmp_path):
+    """At the real size (51,839 .ppm files; ~20 s to write, ~30 s to read on 2 cores): the documented counts."""
+    assert bd.write_fake("gtsrb", tmp_path / "orig") == (39209, 12630)
+    d = bd.load_dataset("gtsrb", tmp_path / "orig")
+    assert d.x_train.shape == (39209, 3, 32, 32) and d.x_test.shape == (12630, 3, 32, 32)
+    assert torch.bincount(d.y_train, minlength=43).min() >= 1
+    bd.write_fake("gtsrb", tmp_path / "re", n=26640, layout="rerelease")
+    _refused(tmp_path / "re", "gtsrb", "re-released", "GTSRB_Final_Training_Images.zip")
+
+
+def test_failed_download_is_one_line_naming_the_archive(tmp_path, monkeypatch):
+    def offline(data_dir):
+        raise OSError("<urlopen error [Errno -3]\n Temporary failure in name resolution>")
+
+    monkeypatch.setitem(bd.SOURCES, "svhn", dataclasses.replace(bd.SOURCES["svhn"], download=offline))
+    with pytest.raises(bd.DatasetInvalid) as e:
+        bd.load_dataset("svhn", tmp_path, download=True)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith("svhn: downloading train_32x32.mat + test_32x32.mat failed (OSError")
+    assert not bd.cache_path("svhn", tmp_path).exists()
