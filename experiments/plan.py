@@ -293,10 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     if a.img_per_s is not None and a.img_per_s <= 0:
         raise SystemExit(f"plan: IMG_PER_S must be > 0, got {a.img_per_s:g}")
     rate = a.img_per_s or (bench_img_per_s(a.bench) if a.bench else None)
-    cost = Costs(a.profile)  # fails on an unknown profile before make runs
-    figs = a.figures.split()
-    per_figure = split_by_figure(make_lines(a.profile, figs), figs)
-    print("\n".join(report(a.profile, per_figure, cost, rate, a.steps)))
+    try:
+        cost = Costs(a.profile)  # fails on an unknown profile before make runs
+        figs = a.figures.split()
+        per_figure = split_by_figure(make_lines(a.profile, figs), figs)
+        print("\n".join(report(a.profile, per_figure, cost, rate, a.steps)))
+    except ValueError as e:  # unknown profile, or a step kind without a cost model
+        raise SystemExit(str(e)) from None
 
 
 if __name__ == "__main__":
