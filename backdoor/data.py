@@ -526,7 +526,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--download", action="store_true", help="download missing source files")
     p.add_argument("--data-dir", type=Path, default=DATA_DIR)
     p.add_argument("--fake", type=Path, metavar="DIR", help="write synthetic datasets in the real formats to DIR")
-    p.add_argument("--n", type=int, help="with --fake: training images per dataset (default: the real size)")
+    p.add_argument("--n", type=int, help="training images per dataset written by --fake (default: the real size); "
+                                         "when converting: expect the sizes that --fake --n N writes")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -540,8 +541,9 @@ def main(argv: list[str] | None = None) -> None:
             n, n_test = write_fake(name, args.fake, args.n, seed=args.seed) if name in _FAKES else (0, 0)
             print(f"{name}: fake train {n} test {n_test} -> {args.fake}")
             continue
+        sizes = _counts(name, args.n, None) if args.n is not None and name in _FAKES else None
         try:
-            d = load_dataset(name, args.data_dir, download=args.download)
+            d = load_dataset(name, args.data_dir, download=args.download, sizes=sizes)
         except DatasetError as e:
             raise SystemExit(str(e)) from None
         print(f"{name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} "

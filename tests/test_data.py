@@ -402,6 +402,8 @@ def test_cli_fake_then_convert_defaults_to_everything_make_all_reads(tmp_path, c
     with pytest.raises(SystemExit) as e:  # real loaders read the fakes; their size is refused in one line
         bd.main(["--data-dir", str(tmp_path), "cifar100"])
     assert str(e.value).startswith("cifar100: found 50 train / 10 test images") and "\n" not in str(e.value)
+    bd.main(["--data-dir", str(tmp_path), "--n", "50", "cifar100", "gtsrb"])  # small fakes: expect --fake --n's sizes
+    assert bd.load_dataset("gtsrb", tmp_path).x_test.shape == (17, 3, 32, 32)  # served from the cache now
 
 
 @pytest.mark.slow
