@@ -124,9 +124,6 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(PY) -m experiments.bench $(DEVFLAG)
 
-data: $(STAMP)
-	$(PY) -m backdoor.data --download $(DATASETS)
-
 # ---- standalone scenario: backdoored model -> FT / SFT --------------------------------
 $(CK)/%/backdoor.safetensors: | $(STAMP)
 	$(RUN) experiments.standalone train $(PROFLAGS) $(call runargs,$*) $(DEVFLAG)

@@ -1,0 +1,306 @@
+"""`make plan`: each figure's steps (from one `make -n -B`), their work, and the device-hours of `make all`.
+
+Work is counted in image-passes: one image through forward + backward of the model being trained. An
+evaluation or feature forward counts 1/3 (backward is about twice a forward), so dividing by a training
+throughput (`make bench`'s "ours" img/s, or IMG_PER_S=) gives device-seconds. Budgets are read from the
+profile (experiments.profiles.get_profile, experiments.sweeps.get_sweeps, experiments.encoder.get_profile,
+defenses.presets.defense_params, backdoor.attacks.presets.attack_params); dataset sizes from
+backdoor.data.SOURCES. Early stopping (NC, FP's pruning loop) is counted at its upper bound.
+
+    python -m experiments.plan --profile paper --img-per-s 20000 [--figures "figure4 figure5"] [--steps]
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Optional
+
+FWD = 1 / 3  # a forward-only pass, in training image-passes
+ALL_FIGURES_VAR = "ALL_FIGURES"  # the Makefile's list of what `make all` builds
+
+
+@dataclass(frozen=True)
+class Step:
+    """One recipe line that runs an experiment step: its module, sub-command and --options."""
+
+    module: str
+    command: str
+    opts: tuple[tuple[str, str], ...]
+
+    def opt(self, key: str, default: str = "") -> str:
+        return dict(self.opts).get(key, default)
+
+    @property
+    def label(self) -> str:
+        keep = [v for k, v in self.opts if k not in ("profile", "triggers", "device", "out", "results")]
+        return " ".join(w for w in [self.module.removeprefix("experiments."), self.command, *keep] if w)
+
+
+def parse_step(line: str) -> Optional[Step]:
+    """A `make -n` line -> Step, if it runs `experiments.<module>` (through experiments.launch or not)."""
+    if "experiments." not in line:
+        return None
+    try:
+        words = shlex.split(line)
+    except ValueError:  # a recipe continued with a backslash: its words are plain
+        words = line.split()
+    mods = [i for i, w in enumerate(words) if w.startswith("experiments.") and w != "experiments.launch"]
+    if not mods:
+        return None
+    i = mods[0]
+    rest = words[i + 1:]
+    command = rest[0] if rest and not rest[0].startswith("--") else ""
+    opts, j = [], 1 if command else 0
+    while j < len(rest):
+        if rest[j].startswith("--"):
+            val = rest[j + 1] if j + 1 < len(rest) and not rest[j + 1].startswith("--") else ""
+            opts.append((rest[j][2:], val))
+            j += 2 if val else 1
+        else:
+            j += 1
+    return Step(words[i], command, tuple(opts))
+
+
+# ---------------------------------------------------------------- sizes and budgets (read-only)
+def sizes(name: str) -> tuple[int, int, int]:
+    """(train, test, classes) of a dataset, or of a derived downstream task (digits5to9: half of digits)."""
+    from backdoor.data import SOURCES
+
+    if name in SOURCES:
+        s = SOURCES[name]
+        return s.sizes[0], s.sizes[1], s.num_classes
+    if name.startswith("digits"):  # experiments.transfer's derived digit tasks: 5 of the 10 classes
+        tr, te = SOURCES["digits"].sizes
+        return tr // 2, te // 2, 5
+    raise ValueError(f"plan: no size for dataset {name!r}; add it to backdoor.data.SOURCES")
+
+
+def _evals(epochs: int, every: int, test: int) -> float:
+    """CA on the test set + ASR on its non-target part, each evaluated epoch and at epoch 0."""
+    return (epochs // max(1, every) + 1) * 2 * test * FWD
+
+
+class Costs:
+    """Image-passes of each step kind under one profile."""
+
+    def __init__(self, profile: str) -> None:
+        from experiments.profiles import get_profile
+        from experiments.sweeps import get_sweeps
+
+        self.name, self.prof, self.sw = profile, get_profile(profile), get_sweeps(profile)
+        self.table: dict[tuple[str, str], Callable[[Step], float]] = {
+            ("experiments.standalone", "train"): self.train,
+            ("experiments.standalone", "defend"): self.defend,
+            ("experiments.sequela", "clean"): lambda s: self._train_from_scratch(s.opt("dataset")),
+            ("experiments.sequela", "mia"): self.mia,
+            ("experiments.sequela", "reinject"): self.reinject,
+            ("experiments.transfer", "pretrain"): lambda s: self._train_from_scratch(self.sw.pretrain),
+            ("experiments.transfer", "run"): self.transfer,
+            ("experiments.ablations", ""): self.ablation,
+            ("experiments.encoder", "pretrain"): self.simclr,
+            ("experiments.encoder", "badencoder"): self.badencoder,
+            ("experiments.encoder", "downstream"): self.downstream,
+            ("experiments.table1", ""): lambda s: 0.0,  # a handful of images
+            ("experiments.summary", ""): lambda s: 0.0,  # reads results files
+            ("experiments.lr_schedule", ""): lambda s: 0.0,
+        }
+
+    def __call__(self, step: Step) -> float:
+        key = (step.module, step.command)
+        if key not in self.table:
+            raise ValueError(f"plan: no cost model for {step.module} {step.command}; add one to experiments/plan.py")
+        return float(self.table[key](step))
+
+    def _train_from_scratch(self, dataset: str, extra_epochs: int = 0) -> float:
+        n, t, _ = sizes(dataset)
+        cfg = self.prof.attack_train
+        return (cfg.epochs + extra_epochs) * n + _evals(cfg.epochs, cfg.eval_every, t)
+
+    def train(self, s: Step) -> float:
+        """The attack's training, plus what the attack trains of its own (generator, DeepFool model)."""
+        from backdoor.attacks.presets import attack_params
+
+        dataset, attack = s.opt("dataset"), s.opt("attack")
+        p, (n, _, k) = attack_params(self.name, attack), sizes(dataset)
+        base = self._train_from_scratch(dataset)
+        if attack == "inputaware":  # mask generator stage, then a generator step beside every classifier step
+            return base + p.get("mask_epochs", 25) * n + self.prof.attack_train.epochs * n
+        if attack == "lf":  # a clean model, then DeepFool passes (one fb pass per image per iteration)
+            return base + p.get("clean_epochs", 10) * n + p.get("max_passes", 50) * p.get("n_images", 100) * \
+                p.get("df_max_iter", 200)
+        return base
+
+    def defend(self, s: Step) -> float:
+        dataset, defense = s.opt("dataset"), s.opt("defense")
+        n, t, k = sizes(dataset)
+        if defense in ("ft", "sft"):
+            e = self.prof.finetune_epochs
+            return e * n + _evals(e, 1, t)
+        return self._baseline(defense, n, t, k) + _evals(0, 1, t)
+
+    def _baseline(self, defense: str, n: int, t: int, k: int) -> float:
+        """BackdoorBench-style defences at the profile's budgets (each config's defaults for paper)."""
+        from defenses.abl import ABLConfig
+        from defenses.ac import ACConfig
+        from defenses.fp import FPConfig
+        from defenses.nad import NADConfig
+        from defenses.nc import NCConfig
+        from defenses.presets import defense_params
+        from defenses.spectral import SpectralConfig
+
+        defaults = {"abl": ABLConfig, "ac": ACConfig, "fp": FPConfig, "nad": NADConfig, "nc": NCConfig,
+                    "spectral": SpectralConfig}
+        if defense not in defaults:
+            raise ValueError(f"plan: no cost model for defence {defense!r}; add one to experiments/plan.py")
+        cfg = defense_params(self.name).get(defense) or defaults[defense]()
+        if defense == "abl":
+            iso = cfg.isolation_ratio * n
+            return (cfg.tuning.epochs + cfg.finetune.epochs) * n + n * FWD + cfg.unlearn.epochs * iso
+        if defense in ("ac", "spectral"):  # features of every image, then a fresh model on the kept ones
+            return n * FWD + cfg.retrain.epochs * n
+        clean = cfg.clean_ratio * n
+        if defense == "fp":  # one clean-set evaluation per pruned channel (upper bound: every channel)
+            return clean * FWD * (1 + 8 * self.prof.width) + cfg.finetune.epochs * clean
+        if defense == "nad":  # teacher fine-tune, then student epochs with a teacher forward each step
+            return cfg.teacher.epochs * clean + cfg.epochs * clean * (1 + FWD)
+        # NC: a trigger search per class (upper bound: no early stop), then unlearning
+        return k * cfg.epochs * clean + cfg.unlearn.epochs * clean
+
+    def mia(self, s: Step) -> float:
+        n, t, _ = sizes(s.opt("dataset"))
+        return (n + t) * FWD  # posteriors of members and non-members; the attack model is tiny
+
+    def reinject(self, s: Step) -> float:
+        n, t, _ = sizes(s.opt("dataset"))
+        e = self.prof.reinject_epochs
+        return e * n + _evals(e, 1, t)
+
+    def transfer(self, s: Step) -> float:
+        n, t, _ = sizes(s.opt("downstream"))
+        e = self.sw.transfer_epochs
+        return e * n + _evals(e, 1, t)
+
+    def ablation(self, s: Step) -> float:
+        from experiments.sweeps import parse_point, point_epochs
+
+        n, t, _ = sizes(s.opt("dataset"))
+        total = 0.0
+        for name in s.opt("points").split():
+            p = parse_point(name)
+            e = point_epochs(p, self.prof, self.sw)
+            total += e * p.fraction * n + _evals(e, 1, t)
+        return total
+
+    def _enc(self):
+        from experiments.encoder import get_profile
+
+        return get_profile(self.name)
+
+    def simclr(self, s: Step) -> float:
+        from experiments.encoder import PRETRAIN_DATA
+
+        pre = s.opt("pretrain")
+        n = sizes(PRETRAIN_DATA.get(pre, pre))[0]
+        return self._enc().simclr.epochs * n * 2  # two augmented views per image
+
+    def badencoder(self, s: Step) -> float:
+        e = self._enc()  # shadow + triggered shadow + reference through the trained encoder, clean one frozen
+        return e.badencoder.epochs * e.shadow_size * (3 + 3 * FWD)
+
+    def downstream(self, s: Step) -> float:
+        n, t, _ = sizes(s.opt("downstream"))
+        cfg = self._enc().downstream
+        per_image = 1.0 if s.opt("mode") == "whole" else FWD  # classifier-only: the encoder only forwards
+        return cfg.epochs * n * per_image + _evals(cfg.epochs, cfg.eval_every, t)
+
+
+# ---------------------------------------------------------------- make -n
+def make_lines(profile: str, figures: list[str]) -> list[str]:
+    """`make -n -B -j1` of `figures`: the whole chain as if nothing were built, in make's serial order."""
+    cmd = ["make", "-n", "-B", "-j1", "--no-print-directory", f"PROFILE={profile}", f"FIGS={' '.join(figures)}",
+           "LAUNCHER=local", "GPUS=", "figure-files"]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"plan: {' '.join(cmd[:7])} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return out.stdout.splitlines()
+
+
+def split_by_figure(lines: list[str], figures: list[str]) -> dict[str, list[Step]]:
+    """Each figure's new steps. Serial make runs a goal's whole prerequisite tree before the goal's own
+    plotting line (`--out .../<figure>.png`), so the steps printed since the previous figure are its new ones."""
+    files = {("summary.txt" if f == "summary" else f"{f}.png"): f for f in figures}
+    out: dict[str, list[Step]] = {f: [] for f in figures}
+    seen: set[Step] = set()
+    pending: list[Step] = []
+    for line in lines:
+        s = parse_step(line)
+        if s is not None and s not in seen:
+            seen.add(s)
+            pending.append(s)
+        m = re.search(r"--out\s+(\S+)", line)
+        if m and Path(m.group(1)).name in files:
+            out[files[Path(m.group(1)).name]] += pending
+            pending = []
+    if pending:
+        raise SystemExit(f"plan: {len(pending)} steps of make -n belong to no figure (first: {pending[0].label})")
+    return out
+
+
+# ---------------------------------------------------------------- report
+def bench_img_per_s(path: Path) -> float:
+    """The 'ours' img/s of a saved `make bench` output."""
+    m = re.search(r"^ours\b.*?\)\s+([0-9.]+)\s", path.read_text(), re.M)
+    if not m:
+        raise SystemExit(f"plan: no 'ours ... img/s' line in {path}; save the output of `make bench` there")
+    return float(m.group(1))
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def report(profile: str, per_figure: dict[str, list[Step]], cost: Callable[[Step], float],
+           img_per_s: Optional[float], show_steps: bool) -> list[str]:
+    """Lines of the plan: each figure's new steps (a step shared by figures counts in the first one)."""
+    hours = (lambda w: f"  {w / img_per_s / 3600:9.2f} device-h") if img_per_s else (lambda w: "")
+    out = [f"plan PROFILE={profile}: work in image-passes (fwd+bwd; a forward counts 1/3)"
+           + (f", at {img_per_s:g} img/s" if img_per_s else "")]
+    total, count = 0.0, 0
+    for fig, steps in per_figure.items():
+        work = sum(cost(s) for s in steps)
+        out.append(f"{fig:<10} {len(steps):4d} new steps  work {_fmt(work):>9}" + hours(work))
+        if show_steps:
+            out += [f"    {_fmt(cost(s)):>9}  {s.label}" for s in steps]
+        total, count = total + work, count + len(steps)
+    out.append(f"{'total':<10} {count:4d} steps      work {_fmt(total):>9}" + hours(total))
+    if not img_per_s:
+        out.append("give IMG_PER_S= (training img/s of `make bench` on your device) or BENCH=<saved make bench output>")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--profile", default="paper")
+    ap.add_argument("--figures", required=True, help="space-separated figure names (make: ALL_FIGURES)")
+    ap.add_argument("--img-per-s", type=float, help="training images/s of one device")
+    ap.add_argument("--bench", type=Path, help="a saved `make bench` output (its 'ours' img/s)")
+    ap.add_argument("--steps", action="store_true", help="list every step with its work")
+    a = ap.parse_args(argv)
+    if a.img_per_s is not None and a.img_per_s <= 0:
+        raise SystemExit(f"plan: IMG_PER_S must be > 0, got {a.img_per_s:g}")
+    rate = a.img_per_s or (bench_img_per_s(a.bench) if a.bench else None)
+    try:
+        cost = Costs(a.profile)  # fails on an unknown profile before make runs
+        figs = a.figures.split()
+        per_figure = split_by_figure(make_lines(a.profile, figs), figs)
+        print("\n".join(report(a.profile, per_figure, cost, rate, a.steps)))
+    except ValueError as e:  # unknown profile, or a step kind without a cost model
+        raise SystemExit(str(e)) from None
+
+
+if __name__ == "__main__":
+    main()
