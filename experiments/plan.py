@@ -3,8 +3,7 @@
 Work is counted in image-passes: one image through forward + backward of the model being trained. An
 evaluation or feature forward counts 1/3 (backward is about twice a forward), so dividing by a training
 throughput (`make bench`'s "ours" img/s, or IMG_PER_S=) gives device-seconds. Budgets are read from the
-profile (experiments.profiles.get_profile, experiments.sweeps.get_sweeps, experiments.encoder.get_profile,
-defenses.presets.defense_params, backdoor.attacks.presets.attack_params); dataset sizes from
+profile tree (experiments.profiles: attack presets, defence configs, sweeps, encoder); dataset sizes from
 backdoor.data.SOURCES. Early stopping (NC, FP's pruning loop) is counted at its upper bound.
 
     python -m experiments.plan --profile paper --img-per-s 20000 [--figures "figure4 figure5"] [--steps]
@@ -87,11 +86,11 @@ def _evals(epochs: int, every: int, test: int) -> float:
 class Costs:
     """Image-passes of each step kind under one profile."""
 
-    def __init__(self, profile: str) -> None:
-        from experiments.profiles import get_profile
-        from experiments.sweeps import get_sweeps
+    def __init__(self, profile: str, sets: tuple[str, ...] = ()) -> None:
+        from experiments.profiles import resolve
 
-        self.name, self.prof, self.sw = profile, get_profile(profile), get_sweeps(profile)
+        self.prof = resolve(profile, sets)
+        self.name, self.sw = self.prof.name, self.prof.sweeps
         self.table: dict[tuple[str, str], Callable[[Step], float]] = {
             ("experiments.standalone", "train"): self.train,
             ("experiments.standalone", "defend"): self.defend,
@@ -122,10 +121,8 @@ class Costs:
 
     def train(self, s: Step) -> float:
         """The attack's training, plus what the attack trains of its own (generator, DeepFool model)."""
-        from backdoor.attacks.presets import attack_params
-
         dataset, attack = s.opt("dataset"), s.opt("attack")
-        p, (n, _, k) = attack_params(self.name, attack), sizes(dataset)
+        p, (n, _, k) = self.prof.attack_params.get(attack, {}), sizes(dataset)
         base = self._train_from_scratch(dataset)
         if attack == "inputaware":  # mask generator stage, then a generator step beside every classifier step
             return base + p.get("mask_epochs", 25) * n + self.prof.attack_train.epochs * n
@@ -144,19 +141,9 @@ class Costs:
 
     def _baseline(self, defense: str, n: int, t: int, k: int) -> float:
         """BackdoorBench-style defences at the profile's budgets (each config's defaults for paper)."""
-        from defenses.abl import ABLConfig
-        from defenses.ac import ACConfig
-        from defenses.fp import FPConfig
-        from defenses.nad import NADConfig
-        from defenses.nc import NCConfig
-        from defenses.presets import defense_params
-        from defenses.spectral import SpectralConfig
-
-        defaults = {"abl": ABLConfig, "ac": ACConfig, "fp": FPConfig, "nad": NADConfig, "nc": NCConfig,
-                    "spectral": SpectralConfig}
-        if defense not in defaults:
+        if defense not in self.prof.defenses:
             raise ValueError(f"plan: no cost model for defence {defense!r}; add one to experiments/plan.py")
-        cfg = defense_params(self.name).get(defense) or defaults[defense]()
+        cfg = self.prof.defenses[defense]
         if defense == "abl":
             iso = cfg.isolation_ratio * n
             return (cfg.tuning.epochs + cfg.finetune.epochs) * n + n * FWD + cfg.unlearn.epochs * iso
@@ -196,9 +183,7 @@ class Costs:
         return total
 
     def _enc(self):
-        from experiments.encoder import get_profile
-
-        return get_profile(self.name)
+        return self.prof.encoder
 
     def simclr(self, s: Step) -> float:
         from experiments.encoder import PRETRAIN_DATA

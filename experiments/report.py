@@ -25,10 +25,9 @@ from typing import Any, Callable, Optional
 
 from backdoor.checkpoint import atomic_write_bytes
 from defenses import DEFENSES
-from experiments import encoder as enc
 from experiments.common import ARTIFACTS, run_main
-from experiments.profiles import Profile, get_profile
-from experiments.sweeps import SweepConfig, figure_points, get_sweeps, read_point
+from experiments.profiles import Profile, add_profile_args, resolve as resolve_profile
+from experiments.sweeps import SweepConfig, figure_points, read_point
 
 SPEC = Path(__file__).with_name("paper_numbers.json")
 # Where each writer puts its file, relative to artifacts/results/<profile>/ (the writers' own layout).
@@ -122,18 +121,11 @@ class Scope:
         return f"make {target} PROFILE={self.name}"
 
 
-def make_scope(profile: str) -> Scope:
-    prof = get_profile(profile)
-    try:
-        sw = get_sweeps(profile)
-    except ValueError:
-        sw = None
-    try:
-        e = enc.get_profile(profile)
-        pairs = tuple((p, d) for p in e.pretrain_sets for d in e.downstream_sets)
-    except ValueError:
-        pairs = ()
-    return Scope(prof, sw, pairs, tuple(str(r) for r in prof.reinject_ratios))
+def make_scope(profile: str, sets: tuple[str, ...] = ()) -> Scope:
+    prof = resolve_profile(profile, sets)
+    e = prof.encoder
+    pairs = tuple((p, d) for p in e.pretrain_sets for d in e.downstream_sets)
+    return Scope(prof, prof.sweeps, pairs, tuple(str(r) for r in prof.reinject_ratios))
 
 
 def not_in_profile(setting: dict, scope: Scope) -> Optional[str]:
@@ -551,9 +543,11 @@ def figures(spec: dict, fig_dir: Path, out_dir: Path, scope: Scope) -> list[dict
     return out
 
 
-def build(profile: str, results_dir: Path, fig_dir: Path, out_dir: Path, spec_path: Path = SPEC) -> dict:
+def build(profile: str, results_dir: Path, fig_dir: Path, out_dir: Path, spec_path: Path = SPEC,
+          sets: tuple[str, ...] = ()) -> dict:
     """Compare, check, and write REPRODUCTION.md and index.html; returns the report's rows."""
-    spec, scope = load_spec(spec_path), make_scope(profile)
+    spec, scope = load_spec(spec_path), make_scope(profile, sets)
+    profile = scope.name
     results = Results(results_dir)
     rep = {"profile": profile, "digits": digits_only(scope, spec),
            "numbers": [number_row(n, results, scope) for n in spec["numbers"]],
@@ -573,17 +567,19 @@ def claims_text(rows: list[dict]) -> str:
 
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="demo")
+    add_profile_args(ap)
+    ap.set_defaults(profile="demo")
     ap.add_argument("--results", help="default: artifacts/results/<profile>")
     ap.add_argument("--figures", help="default: artifacts/figures/<profile>")
     ap.add_argument("--out", help="default: artifacts/report/<profile>")
     args = ap.parse_args(argv)
 
     def step(a: argparse.Namespace) -> None:
-        res = Path(a.results or ARTIFACTS / "results" / a.profile)
-        figs = Path(a.figures or ARTIFACTS / "figures" / a.profile)
-        out = Path(a.out or ARTIFACTS / "report" / a.profile)
-        rep = build(a.profile, res, figs, out)
+        name = resolve_profile(a.profile, a.set).name  # demo, or demo+<hash> under --set
+        res = Path(a.results or ARTIFACTS / "results" / name)
+        figs = Path(a.figures or ARTIFACTS / "figures" / name)
+        out = Path(a.out or ARTIFACTS / "report" / name)
+        rep = build(a.profile, res, figs, out, sets=tuple(a.set))
         print(f"claims ({counts(rep['claims'], CLAIM_VERDICTS)}):\n{claims_text(rep['claims'])}")
         print(f"numbers: {counts(rep['numbers'], NUMBER_VERDICTS)}")
         print(f"report: {out / 'index.html'}  (and REPRODUCTION.md)")

@@ -3,4 +3,4 @@
 # Missing results become "not run" rows naming their make target; the report itself never needs them.
 .PHONY: report
 report: $(STAMP)
-	@$(PY) -m experiments.report --profile $(PROFILE) --results $(RS) --figures $(FG) --out $(A)/report/$(PROFILE)
+	@$(PY) -m experiments.report $(PROFLAGS) --results $(RS) --figures $(FG) --out $(A)/report/$(PDIR)
