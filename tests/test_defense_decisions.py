@@ -196,7 +196,10 @@ def test_ac_backdoorbench_flags_ignore_the_poison_and_the_unused_columns():
     b, _ = bb_flags(moved, y, cfg)
     assert a.tolist() == b.tolist()
     assert len(a) == sum(facts["flagged_by_label"].values())
-    assert 0.25 * len(a) < (y[a] != 0).sum()  # most flags fall outside the poisoned label
+    # The flags of label c land on whatever samples sit at its reshuffled positions, so the removed
+    # samples' own labels do not match the per-label counts. Catches: flags mapped back to the samples
+    # they were computed on (the fixed behaviour, where both counts agree).
+    assert np.bincount(y[a], minlength=4).tolist() != [facts["flagged_by_label"][c] for c in range(4)]
 
 
 # ---- Spectral ------------------------------------------------------------------------------
