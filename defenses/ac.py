@@ -1,47 +1,66 @@
-"""Activation Clustering (AC; Chen et al. 2018): cluster each label's activations, drop the odd cluster, retrain.
+"""Activation Clustering (AC; Chen et al. 2018): cluster each label's activations, drop the poison cluster, retrain.
 
-Per label, over the whole training set: penultimate (avgpool) activations, reduced to
-`nb_dims` with ICA (the AC paper; PCA optional), 2-means, and the relative-size rule: a
-cluster holding less than `size_threshold` of its label is poison. A fresh model is then
-trained from scratch on the kept samples. Unlike BackdoorBench's code, the reduction is
-really applied and the flags index the samples they were computed on (docs/defenses.md).
+Two variants (`ACConfig.variant`); either way a fresh model is then trained from scratch
+on the kept samples.
+- "backdoorbench" (default, what the paper ran): BackdoorBench v1's code, quirks included.
+  Per shuffled, augmented batch of 256 and per label in it, 2-means on the first `nb_dims`
+  raw activation columns (its `nb_activations > nb_dims & n > nb_dims` test is always false,
+  so no reduction runs); the cluster ids of all batches are concatenated per label, the id
+  with fewer members is "poison" in every label, and the flags are written back by position
+  in a second shuffle, so the removed samples are a random subset (docs/defenses.md).
+- "method": the AC paper's procedure over each whole label: PCA to `nb_dims` (FastICA, the
+  paper's choice, moves with its seed), 2-means, and a decision `rule` (see `cluster_flags`).
 """
 from __future__ import annotations
 
 import logging
 import warnings
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 import torch
 from sklearn.cluster import KMeans
 from sklearn.decomposition import PCA, FastICA
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.metrics import silhouette_score
+
+from backdoor.train import TrainConfig
 
 from .base import DefenseContext, DefenseResult
-from .common import Budget, detection_scores, finish, fresh_model, layer_output, require_train_set, start
+from .common import (Budget, augmented, detection_scores, finish, fresh_model, layer_output, require_train_set,
+                     start)
 
 log = logging.getLogger(__name__)
+VARIANTS = ("backdoorbench", "method")
+RULES = ("silhouette", "relative_size", "smaller")
 
 
 @dataclass(frozen=True)
 class ACConfig:
-    """AC settings; defaults are BackdoorBench's (nb_dims 10, 2 clusters) with the AC paper's rule."""
+    """AC settings; defaults are BackdoorBench v1's (nb_dims 10, 2 clusters, batch 256, retrain 100 epochs)."""
 
+    variant: str = "backdoorbench"  # "backdoorbench" (its code) or "method" (the AC paper, whole labels)
     nb_dims: int = 10
-    reduce: str = "ica"  # "ica" (AC paper) or "pca" (what BackdoorBench declares)
-    size_threshold: float = 0.35  # relative-size rule (AC paper / ART); "smaller" flags every label's smaller cluster
-    rule: str = "relative_size"  # "relative_size" or "smaller" (BackdoorBench)
+    batch_size: int = 256  # backdoorbench: clustering runs per shuffled batch of this size
+    reduce: str = "pca"  # method: "pca" (stable) or "ica" (AC paper; its result moves with the seed)
+    rule: str = "silhouette"  # method: see cluster_flags
+    size_threshold: float = 0.35  # relative_size: a cluster below this share of its label is poison (ART)
+    silhouette_threshold: float = 0.45  # silhouette: a label whose 2-means split scores above this is poisoned
     layer: str = "avgpool"
     retrain: Budget = field(default_factory=Budget)  # fresh model trained from scratch on kept data
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown AC variant {self.variant!r}; choose one of: {', '.join(VARIANTS)}")
         if self.reduce not in ("ica", "pca"):
             raise ValueError(f"unknown AC reduction {self.reduce!r}; choose one of: ica, pca")
-        if self.rule not in ("relative_size", "smaller"):
-            raise ValueError(f"unknown AC rule {self.rule!r}; choose one of: relative_size, smaller")
+        if self.rule not in RULES:
+            raise ValueError(f"unknown AC rule {self.rule!r}; choose one of: {', '.join(RULES)}")
 
+
+# ---- method: whole labels ------------------------------------------------------------------
 
 def _reduce(z: np.ndarray, cfg: ACConfig) -> np.ndarray:
     dims = min(cfg.nb_dims, z.shape[0] - 1, z.shape[1])
@@ -53,22 +72,99 @@ def _reduce(z: np.ndarray, cfg: ACConfig) -> np.ndarray:
                        random_state=cfg.seed).fit_transform(z)
 
 
-def ac_detect(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ACConfig) -> tuple[torch.Tensor, dict]:
-    """Indices flagged as poison, and per-label smaller-cluster shares."""
-    feats = layer_output(model, x, cfg.layer).numpy().astype(np.float64)
-    flagged, shares = [], {}
-    for c in torch.unique(y).tolist():
-        idx = (y == c).nonzero().flatten().numpy()
+def _spread(z: np.ndarray) -> float:
+    return float(np.linalg.norm(z - z.mean(0), axis=1).mean())
+
+
+def cluster_flags(z: np.ndarray, labels: np.ndarray, cfg: ACConfig) -> tuple[np.ndarray, float]:
+    """Poison mask over one label's points (2-means `labels` of reduced activations z), and its silhouette.
+
+    smaller: the smaller cluster. relative_size: a cluster under `size_threshold` of the label.
+    silhouette: if the split scores above `silhouette_threshold` the label is poisoned and the
+    more dispersed cluster is the poison (all-to-one poison comes from every other class and
+    shares only the trigger), whatever its size, so a poison majority is still found.
+    """
+    sizes = np.bincount(labels, minlength=2)
+    sil = float(silhouette_score(z, labels)) if len(np.unique(labels)) == 2 else 0.0
+    if cfg.rule == "smaller":
+        return labels == int(np.argmin(sizes)), sil
+    if cfg.rule == "relative_size":
+        return np.isin(labels, np.flatnonzero(sizes / len(labels) < cfg.size_threshold)), sil
+    if sil <= cfg.silhouette_threshold:
+        return np.zeros(len(labels), dtype=bool), sil
+    poison = int(np.argmax([_spread(z[labels == k]) for k in (0, 1)]))
+    return labels == poison, sil
+
+
+def method_flags(feats: np.ndarray, y: np.ndarray, cfg: ACConfig) -> tuple[np.ndarray, dict]:
+    """Sorted flagged indices and per-label silhouettes: each whole label reduced, 2-means, `cluster_flags`."""
+    flagged, sils = [], {}
+    for c in np.unique(y).tolist():
+        idx = np.flatnonzero(y == c)
         if len(idx) < max(4, cfg.nb_dims):
             continue
-        labels = KMeans(2, n_init=10, random_state=cfg.seed).fit_predict(_reduce(feats[idx], cfg))
-        sizes = np.bincount(labels, minlength=2)
-        small = int(np.argmin(sizes))
-        shares[c] = float(sizes[small] / len(idx))
-        if cfg.rule == "smaller" or shares[c] < cfg.size_threshold:
-            flagged.append(idx[labels == small])
+        z = _reduce(feats[idx], cfg)
+        labels = KMeans(2, n_init=10, random_state=cfg.seed).fit_predict(z)
+        mask, sils[c] = cluster_flags(z, labels, cfg)
+        flagged.append(idx[mask])
     flat = np.concatenate(flagged) if flagged else np.zeros(0, dtype=np.int64)
-    return torch.from_numpy(np.sort(flat)).long(), shares
+    return np.sort(flat), {"silhouettes": sils}
+
+
+# ---- backdoorbench: per batch, positions re-shuffled -------------------------------------------
+
+def bb_reduce(acts: np.ndarray, nb_dims: int) -> np.ndarray:
+    """What BackdoorBench's reduction step returns: the first `nb_dims` raw columns (no PCA ever runs)."""
+    return acts[:, :nb_dims] if acts.shape[1] > nb_dims else acts
+
+
+def bb_smaller(clusters: np.ndarray) -> np.ndarray:
+    """BackdoorBench's "smaller" on one label's concatenated batch cluster ids: 1 = clean, 0 = poison."""
+    return (clusters != int(np.argmin(np.bincount(clusters)))).astype(np.int64)
+
+
+def bb_positions(clean_by_class: dict[int, np.ndarray], y_order: np.ndarray) -> np.ndarray:
+    """Keep mask over dataset indices: position p gets the next flag of the label of the p-th shuffled sample.
+
+    BackdoorBench writes flags to positions of a re-shuffled loader and then keeps those
+    positions as dataset indices, so a flag lands on whichever sample sits at that index.
+    """
+    keep = np.zeros(len(y_order), dtype=bool)
+    for c, flags in clean_by_class.items():
+        keep[np.flatnonzero(y_order == c)] = flags.astype(bool)
+    return keep
+
+
+def bb_flags(feats: np.ndarray, y: np.ndarray, cfg: ACConfig) -> tuple[np.ndarray, dict]:
+    """Sorted flagged indices as BackdoorBench v1's AC computes them, from (augmented) activations feats."""
+    rng = np.random.default_rng(cfg.seed)
+    perm = rng.permutation(len(y))
+    clusters: dict[int, list[np.ndarray]] = {}
+    for s in range(0, len(perm), cfg.batch_size):
+        batch = perm[s : s + cfg.batch_size]
+        for c in np.unique(y[batch]).tolist():
+            z = bb_reduce(feats[batch[y[batch] == c]], cfg.nb_dims)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)  # duplicate points in tiny batch-labels
+                ids = KMeans(2, n_init=10, random_state=cfg.seed).fit_predict(z) if len(z) > 1 else np.ones(1, int)
+            clusters.setdefault(c, []).append(ids)
+    clean = {c: bb_smaller(np.concatenate(v)) for c, v in clusters.items()}
+    keep = bb_positions(clean, y[rng.permutation(len(y))])
+    return np.flatnonzero(~keep), {"flagged_by_label": {c: int((v == 0).sum()) for c, v in clean.items()}}
+
+
+def ac_detect(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ACConfig,
+              train: Optional[TrainConfig] = None) -> tuple[torch.Tensor, dict]:
+    """Flagged training indices and facts of the decision, for `cfg.variant`.
+
+    backdoorbench takes its activations from augmented images (`train`'s crop/flip, as its loader).
+    """
+    if cfg.variant == "backdoorbench":
+        xa = augmented(x, train.crop_pad, train.flip, cfg.seed) if train is not None else x
+        flat, facts = bb_flags(layer_output(model, xa, cfg.layer).numpy().astype(np.float64), y.numpy(), cfg)
+    else:
+        flat, facts = method_flags(layer_output(model, x, cfg.layer).numpy().astype(np.float64), y.numpy(), cfg)
+    return torch.from_numpy(flat).long(), facts
 
 
 def activation_clustering(ctx: DefenseContext) -> DefenseResult:
@@ -76,11 +172,11 @@ def activation_clustering(ctx: DefenseContext) -> DefenseResult:
     cfg: ACConfig = ctx.params.get("ac", ACConfig())
     x, y = require_train_set(ctx, "ac")
     clock, stages, evaluate = start(ctx)
-    flagged, shares = ac_detect(ctx.model, x, y, cfg)
+    flagged, facts = ac_detect(ctx.model, x, y, cfg, ctx.train)
     keep = torch.ones(len(x), dtype=torch.bool)
     keep[flagged] = False
-    log.info("ac: flagged %d of %d (smaller-cluster shares %s)", len(flagged), len(x), shares)
+    log.info("ac (%s): flagged %d of %d (%s)", cfg.variant, len(flagged), len(x), facts)
     model = fresh_model(ctx.model, cfg.seed)
     stages.run("retrain", model, x[keep], y[keep], cfg.retrain.config(ctx.train), evaluate=evaluate)
-    info = {"cluster_shares": shares, **detection_scores(flagged, ctx.poison_idx)}
+    info = {"variant": cfg.variant, **facts, **detection_scores(flagged, ctx.poison_idx)}
     return finish(model, stages, clock, info)

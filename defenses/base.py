@@ -17,6 +17,7 @@ class DefenseContext:
     `x_clean`/`y_clean` is the defender's clean set (standalone: the clean training set).
     `x_train`/`y_train` is the (possibly poisoned) training set the model was trained on,
     with `poison_idx` known only for scoring detection defences, never for deciding.
+    `target_label` is the attack's target, which only BackdoorBench's Spectral reads (its config names it).
     """
 
     model: nn.Module
@@ -28,6 +29,7 @@ class DefenseContext:
     y_train: Optional[torch.Tensor] = None
     poison_idx: Optional[torch.Tensor] = None
     num_classes: int = 10
+    target_label: Optional[int] = None
     params: dict[str, Any] = field(default_factory=dict)
 
 

@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from backdoor.train import Clock, TrainConfig, device_of, fit
+from backdoor.train import Clock, TrainConfig, augment, device_of, fit
 
 from .base import DefenseContext, DefenseResult
 
@@ -65,6 +65,13 @@ def fresh_model(model: nn.Module, seed: int) -> nn.Module:
         if m is not new and hasattr(m, "reset_parameters"):
             m.reset_parameters()
     return new
+
+
+@torch.no_grad()
+def augmented(x: torch.Tensor, crop_pad: int, flip: bool, seed: int) -> torch.Tensor:
+    """uint8 images x after one seeded draw of the training augmentation (crop/flip only move pixels)."""
+    out = augment(x.float(), crop_pad, flip, torch.Generator(device=x.device).manual_seed(seed))
+    return out.round().to(torch.uint8)
 
 
 @torch.no_grad()

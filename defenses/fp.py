@@ -40,6 +40,11 @@ def channel_means(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return feats.view(len(x), channels, -1).mean(dim=(0, 2))
 
 
+def prune_order(means: torch.Tensor) -> torch.Tensor:
+    """Channels in pruning order: the least active (dormant on clean data) first."""
+    return means.argsort()
+
+
 def prune_until(model: torch.nn.Module, order: torch.Tensor, mask: torch.Tensor, acc, cfg: FPConfig) -> int:
     """Zero `mask` along `order` step by step; keep the last count whose accuracy passes; return it."""
     acc0, kept = acc(model), 0
@@ -59,7 +64,7 @@ def fine_pruning(ctx: DefenseContext) -> DefenseResult:
     model = ctx.model
     clock, stages, evaluate = start(ctx)
     xc, yc = clean_subset(ctx, cfg.clean_ratio, cfg.seed)
-    order = channel_means(model, xc).argsort()
+    order = prune_order(channel_means(model, xc))
     mask = torch.ones(len(order), device=device_of(model))
     hook = model.layer4.register_forward_hook(lambda m, i, out: out * mask.view(1, -1, 1, 1).to(out.dtype))
     # The rule reads clean test accuracy, as BackdoorBench does; this time counts as defence time.

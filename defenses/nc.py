@@ -106,6 +106,12 @@ def anomaly_index(norms: torch.Tensor) -> torch.Tensor:
     return (norms - med).abs() / mad if mad > 0 else torch.zeros_like(norms)
 
 
+def flag_labels(norms: torch.Tensor, threshold: float) -> list[int]:
+    """Labels whose mask is small: L1 norm at or below the median and anomaly index above `threshold`."""
+    index = anomaly_index(norms)
+    return [t for t in range(len(norms)) if norms[t] <= norms.quantile(0.5) and index[t] > threshold]
+
+
 def nc_detect(model: nn.Module, ctx: DefenseContext, cfg: NCConfig) -> tuple[list[int], torch.Tensor, dict]:
     """Flagged labels, anomaly indices, and the recovered trigger of every label."""
     was_training = model.training
@@ -121,9 +127,7 @@ def nc_detect(model: nn.Module, ctx: DefenseContext, cfg: NCConfig) -> tuple[lis
     finally:
         model.train(was_training).requires_grad_(True)
     norms_t = torch.tensor(norms)
-    index = anomaly_index(norms_t)
-    flagged = [t for t in range(len(norms)) if norms[t] <= norms_t.quantile(0.5) and index[t] > cfg.anomaly_threshold]
-    return flagged, index, {"norms": norms, "triggers": triggers}
+    return flag_labels(norms_t, cfg.anomaly_threshold), anomaly_index(norms_t), {"norms": norms, "triggers": triggers}
 
 
 def unlearning_set(x: torch.Tensor, y: torch.Tensor, triggers: list[tuple[torch.Tensor, torch.Tensor]],

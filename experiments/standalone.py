@@ -69,7 +69,7 @@ def defend(args: argparse.Namespace) -> None:
     x_train, y_train, poison_idx = load_poisoned_set(ckpt.with_name("poison.safetensors"), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
-                         poison_idx=poison_idx, num_classes=data.num_classes,
+                         poison_idx=poison_idx, num_classes=data.num_classes, target_label=attack.target,
                          params=prof.defense_params())
     check_writable([ckpt.parent, run_dir("results", prof.name, args.dataset, args.attack)],
                    _state_bytes(model) + _state_bytes(attack))
