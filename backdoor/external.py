@@ -49,7 +49,10 @@ def _numpy_globals() -> list:
     """The numpy types a weights-only load may build: plain arrays, scalars and dtypes (numpy 1 and 2 names)."""
     from numpy._core import multiarray
 
-    return [np.ndarray, np.dtype, multiarray._reconstruct, multiarray.scalar,
+    # numpy 2 pickles a dtype through its class (numpy.dtypes.Int64DType, ...): plain numbers only.
+    numeric = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                            "uint64", "float16", "float32", "float64")]
+    return [np.ndarray, np.dtype, *numeric, multiarray._reconstruct, multiarray.scalar,
             (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
             (multiarray.scalar, "numpy.core.multiarray.scalar")]
 
@@ -66,8 +69,13 @@ class ModelFile:
 
 
 def _unsafe(path: Path, err: Exception) -> CheckpointError:
-    found = re.search(r"(?:Unsupported global|Unsupported operand)[^\n.]*", str(err))
-    why = found.group(0).strip() if found else str(err).strip().splitlines()[-1][:160]
+    # torch's message is long; name the global it refused, else its unpickler's complaint.
+    found = re.search(r"GLOBAL ([\w.]+)|but got (<class [^>]+>)|Unsupported operand (\d+)", str(err))
+    if found is None:
+        why = str(err).strip().splitlines()[-1][:160]
+    else:
+        glob, cls, op = found.groups()
+        why = f"it needs {glob or cls}" if glob or cls else f"pickle opcode {op}, not written by torch.save"
     return CheckpointError(f"refusing {path}: loading it would run code stored in the file ({why}); {EXPORT_HINT}")
 
 
@@ -130,7 +138,7 @@ def _from_safetensors(path: Path) -> ModelFile:
         try:
             return ModelFile(path, "safetensors", _strip_prefixes(load_file(str(path))))
         except SafetensorError as e:
-            raise CheckpointError(f"{path} is not a valid safetensors file ({e})") from None
+            raise CheckpointError(f"{path} is not a valid safetensors file ({e}); {EXPORT_HINT}") from None
     tensors, meta = load_checkpoint(path)
     arch = meta.get("arch", {})
     hints = {"arch": arch.get("name"), "num_classes": arch.get("num_classes"), "width": arch.get("width"),
