@@ -153,7 +153,8 @@ def read_model_file(path: Path | str) -> ModelFile:
     if not path.is_file():
         raise CheckpointError(f"model file {path} not found; pass an existing file with --model")
     if path.suffix not in MODEL_SUFFIXES:
-        raise CheckpointError(f"{path}: unknown model file type {path.suffix!r}; use one of {', '.join(MODEL_SUFFIXES)}")
+        raise CheckpointError(f"{path}: unknown model file type {path.suffix!r}; "
+                              f"use one of {', '.join(MODEL_SUFFIXES)}")
     mf = _from_safetensors(path) if path.suffix == ".safetensors" else _from_pickle(path)
     if not mf.state:
         raise CheckpointError(f"{path} holds no tensors")
@@ -210,7 +211,8 @@ def folder_classes(folder: Path, num_classes: int) -> dict[str, int]:
     """Class folder name -> label. Integer names are their own labels (so "10" follows "9"); otherwise
     torchvision ImageFolder's sorted order. Every class 0..num_classes-1 must have images."""
     if not folder.is_dir():
-        raise FileNotFoundError(f"image folder {folder} not found; pass an ImageFolder-layout folder (one sub-folder per class)")
+        raise FileNotFoundError(f"image folder {folder} not found; "
+                                "pass an ImageFolder-layout folder (one sub-folder per class)")
     dirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
     if not dirs or not _images(folder):
         raise ValueError(f"image folder {folder} holds no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})")

@@ -22,7 +22,7 @@ import torch.nn as nn
 
 from backdoor.attacks import ATTACKS, Attack, make_attack
 from backdoor.checkpoint import save_model
-from backdoor.data import DATA_DIR, DATASETS, ImageData, load_dataset
+from backdoor.data import DATA_DIR, DATASETS, IMAGE_SIZE, ImageData, load_dataset
 from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_model, folder_classes,
                                load_image_folder, read_model_file, triggered_classes)
 from backdoor.metrics import accuracy, make_evaluator
@@ -74,7 +74,8 @@ def resolve_norm(args: argparse.Namespace, mf: ModelFile) -> tuple[tuple, str]:
         if args.norm == "none":
             return ((0.0,) * 3, (1.0,) * 3), "--norm none"
         if args.norm not in BACKDOORBENCH_STATS:
-            raise ValueError(f"unknown --norm {args.norm!r}; choose one of: none, {', '.join(sorted(BACKDOORBENCH_STATS))}")
+            raise ValueError(f"unknown --norm {args.norm!r}; "
+                             f"choose one of: none, {', '.join(sorted(BACKDOORBENCH_STATS))}")
         return BACKDOORBENCH_STATS[args.norm], f"--norm {args.norm}"
     if "norm" in mf.hints:
         return mf.hints["norm"], "file"
@@ -130,7 +131,11 @@ def load_clean_data(args: argparse.Namespace, num_classes: Optional[int], image_
                          "pass the matching --num-classes or data")
     if args.test_data and not is_dataset(args.test_data):
         test = Path(args.test_data)
-        x_te, y_te = load_image_folder(test, image_size, classes or folder_classes(test, nc), cache)
+        test_classes = folder_classes(test, nc)
+        if classes is not None and test_classes != classes:
+            raise ValueError(f"test folder {test} has classes {sorted(test_classes)[:5]}..., "
+                             f"the training folder {sorted(classes)[:5]}...; use the same class folders")
+        x_te, y_te = load_image_folder(test, image_size, test_classes, cache)
         data = replace(data, x_test=x_te, y_test=y_te)
     elif args.test_data:
         other = load_dataset(args.test_data, args.data_dir)
@@ -153,16 +158,16 @@ def make_evaluate(args: argparse.Namespace, data: ImageData, attack: Optional[At
     if args.trigger_folder is None:
         return lambda model: {"ca": accuracy(model, x_test, data.y_test)}
     folder = Path(args.trigger_folder)
-    x_bd, y_bd = load_image_folder(folder, image_size, triggered_classes(folder, classes), Path(args.data_dir) / "cache")
+    x_bd, y_bd = load_image_folder(folder, image_size, triggered_classes(folder, classes),
+                                   Path(args.data_dir) / "cache")
     evaluate = make_evaluator(x_test, data.y_test, x_bd.to(device), y_bd, args.target)
     if (y_bd >= 0).all():
         return evaluate
     return lambda model: {k: v for k, v in evaluate(model).items() if k != "ra"}  # no true labels: no RA
 
 
-def defend(args: argparse.Namespace) -> None:
-    """Load the model file, defend it on the clean data, write the defended model and the report."""
-    defense, prof, device = get_defense(args.defense), get_profile(args.profile), resolve_device(args.device)
+def check_args(args: argparse.Namespace) -> Path:
+    """Fail in one line on inconsistent flags, before any file is read; returns the output folder."""
     check_data_arg(args.data, "--data")
     if args.test_data:
         check_data_arg(args.test_data, "--test-data")
@@ -173,14 +178,29 @@ def defend(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else ARTIFACTS / "defend" / Path(args.model).stem
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
+    return out
+
+
+def resolve_model_file(args: argparse.Namespace) -> tuple[ModelFile, str, tuple, dict[str, str]]:
+    """The model file (normalisation buffers dropped when flags override them), arch, norm, their sources."""
     mf = read_model_file(args.model)
     arch, arch_source = resolve_arch(args, mf)
     norm, norm_source = resolve_norm(args, mf)
     if norm_source.startswith("--"):  # the user's flags beat the file's own normalisation buffers
         mf = replace(mf, state={k: v for k, v in mf.state.items() if k not in ("mean", "std")})
     elif "mean" in mf.state and "std" in mf.state:
-        norm, norm_source = (tuple(mf.state["mean"].flatten().tolist()), tuple(mf.state["std"].flatten().tolist())), "file"
-    image_size = args.image_size or mf.hints.get("image_size") or DEFAULT_IMAGE_SIZE
+        norm = tuple(mf.state["mean"].flatten().tolist()), tuple(mf.state["std"].flatten().tolist())
+        norm_source = "file"
+    return mf, arch, norm, {"arch": arch_source, "norm": norm_source}
+
+
+def defend(args: argparse.Namespace) -> None:
+    """Load the model file, defend it on the clean data, write the defended model and the report."""
+    defense, prof, device = get_defense(args.defense), get_profile(args.profile), resolve_device(args.device)
+    out = check_args(args)
+    mf, arch, norm, sources = resolve_model_file(args)
+    image_size = IMAGE_SIZE if is_dataset(args.data) else (
+        args.image_size or mf.hints.get("image_size") or DEFAULT_IMAGE_SIZE)
     attack = make_trigger(args, image_size)
     data, classes = load_clean_data(args, args.num_classes or mf.hints.get("num_classes"), image_size)
     model = build_model(mf, arch, data.num_classes, norm, args.input_size or mf.hints.get("input_size"),
@@ -189,20 +209,21 @@ def defend(args: argparse.Namespace) -> None:
     cfg = replace(cfg, **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                             ("lr", args.lr), ("seed", args.seed)) if v is not None})
     setup(f"defend {mf.path} ({mf.format}) with {args.defense} on {args.data}",
-          {"arch": f"{arch} ({arch_source})", "norm": f"{norm} ({norm_source})", "num_classes": data.num_classes,
-           "fraction": args.fraction, "finetune": cfg, "sft": prof.sft, "device": device, "out": out,
+          {"arch": f"{arch} ({sources['arch']})", "norm": f"{norm} ({sources['norm']})",
+           "num_classes": data.num_classes, "fraction": args.fraction, "finetune": cfg, "sft": prof.sft,
+           "device": device, "out": out,
            "trigger": attack.params() | {"name": attack.name} if attack else args.trigger_folder})
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=make_evaluate(args, data, attack, classes, image_size, device),
                          num_classes=data.num_classes, params={"sft": prof.sft, **defense_params(prof.name)})
     x, y = clean_subset(ctx, args.fraction, cfg.seed) if args.fraction < 1.0 else (data.x_train, data.y_train)
     # Data-level defences (AC, Spectral, ABL) treat the user's data as the set the model was trained on.
-    ctx = replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y)
-    result = defense(ctx)
+    result = defense(replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y))
     report = summarise(args, mf, arch, norm, cfg, result, len(x), device, out)
+    dataset = data.name if classes is None else None
     save_model(out / f"{args.defense}.safetensors", result.model,
                jsonable({**{k: v for k, v in report.items() if k != "history"},
-                         "arch": arch_of(result.model, arch, data.num_classes, data.name if classes is None else None)}))
+                         "arch": arch_of(result.model, arch, data.num_classes, dataset)}))
     write_result(out / f"{args.defense}.report.json", report)
     print_report(report)
 
@@ -213,11 +234,11 @@ def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, c
     before, after = result.history[0], result.history[-1]
     hours = result.info.get("device_hours", sum(r["seconds"] for r in result.history) / 3600)
     keep = ("ca", "asr", "ra")
+    trigger = args.trigger or args.trigger_folder
     return {"model": str(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
             "test_data": args.test_data or args.data, "clean_images": n_clean, "fraction": args.fraction,
             "defense": args.defense, "profile": args.profile, "finetune": cfg,
-            "trigger": args.trigger or args.trigger_folder, "target": args.target if (args.trigger or args.trigger_folder)
-            else None, "before": {k: before[k] for k in keep if k in before},
+            "trigger": trigger, "target": args.target if trigger else None, "before": {k: before[k] for k in keep if k in before},
             "after": {k: after[k] for k in keep if k in after}, "device_seconds": hours * 3600,
             "device": str(device), "out": str(out / f"{args.defense}.safetensors"),
             "info": {k: v for k, v in result.info.items() if k not in keep and k != "device_hours"},

@@ -10,7 +10,6 @@ import json
 import os
 import pickle
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -26,7 +25,7 @@ from backdoor.data import load_dataset
 from backdoor.external import load_image_folder, read_model_file
 from backdoor.metrics import make_evaluator
 from backdoor.models import make_model
-from backdoor.poison import bake, poison_train_set, poisoned_test_set
+from backdoor.poison import poison_train_set, poisoned_test_set
 from backdoor.train import TrainConfig, fit
 from experiments.defend import main
 
@@ -123,11 +122,11 @@ def test_sft_from_a_plain_state_dict_removes_the_backdoor(files, data_dir, tmp_p
     r = defend(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", "digits", "--defense", "sft",
                "--trigger", "badnets", "--target", str(TARGET), "--epochs", "6")
     before, after = r["before"], r["after"]
+    lines = capsys.readouterr().out.splitlines()
     print(f"\nsft from {files.pt.name}: before {before}, after {after}")
     assert before["ca"] == pytest.approx(files.final["ca"]) and before["asr"] >= 0.9, before
     assert after["asr"] <= 0.2 and after["ca"] >= before["ca"] - 0.05, after
     assert r["device_seconds"] > 0 and r["format"] == "state_dict"
-    lines = capsys.readouterr().out.splitlines()
     assert lines[-3].startswith("before:  CA ") and "ASR" in lines[-3] and lines[-2].startswith("after:   CA ")
     # The defended model is our checkpoint and reloads to the reported CA/ASR.
     again = defend(data_dir, tmp_path / "again", "--model", str(tmp_path / "out" / "sft.safetensors"),
@@ -274,7 +273,8 @@ def test_image_folder_converts_exactly_once_and_trigger_folder_matches_trigger(f
     r = defend(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(train), "--test-data", "digits",
                "--trigger-folder", str(trig), "--target", str(TARGET), "--epochs", "0")
     assert r["clean_images"] == 200 and set(r["before"]) == {"ca", "asr"}
-    assert r["before"]["asr"] == pytest.approx(files.final["asr"]) and r["before"]["ca"] == pytest.approx(files.final["ca"])
+    assert r["before"]["asr"] == pytest.approx(files.final["asr"])
+    assert r["before"]["ca"] == pytest.approx(files.final["ca"])
 
 
 def test_make_defend_passes_the_flags():
