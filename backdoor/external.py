@@ -177,14 +177,16 @@ def build_model(mf: ModelFile, arch: str, num_classes: int, norm: tuple, input_s
                 width: Optional[int] = None) -> nn.Module:
     """Our or torchvision's `arch` with the file's weights; a mismatch names the first differing key and shape.
 
-    Normalisation buffers (`mean`/`std`) the file lacks are filled from `norm`; the file's own win.
+    Normalisation buffers (`mean`/`std`) the file lacks are filled from `norm` (the file's own win), and
+    BatchNorm step counters (absent from pre-1.0 files) from the fresh model.
     PreAct-ResNet18's width, unless given, is read off the file's first convolution.
     """
     if arch == "preactresnet18" and width is None and "conv1.weight" in mf.state:
         width = int(mf.state["conv1.weight"].shape[0])
     model = make_model(arch, num_classes, width or 64, norm=norm, input_size=input_size)
     own = model.state_dict()
-    state = {**{k: own[k] for k in ("mean", "std") if k in own}, **mf.state}
+    defaults = {k: v for k, v in own.items() if k in ("mean", "std") or k.endswith("num_batches_tracked")}
+    state = {**defaults, **mf.state}
     problem = first_mismatch(model, state)
     if problem:
         raise CheckpointError(f"{mf.path} does not fit {arch} with {num_classes} classes: {problem}; "

@@ -121,8 +121,6 @@ def load_clean_data(args: argparse.Namespace, num_classes: Optional[int], image_
         folder = Path(args.data)
         n = num_classes or _count_classes(folder)
         classes = folder_classes(folder, n)
-        if not args.test_data:
-            raise ValueError("an image folder as --data needs --test-data (a dataset name or a second folder)")
         x, y = load_image_folder(folder, image_size, classes, cache)
         data = ImageData(folder.name, x, y, x[:0], y[:0], n)
     nc = num_classes or data.num_classes
@@ -171,6 +169,8 @@ def check_args(args: argparse.Namespace) -> Path:
     check_data_arg(args.data, "--data")
     if args.test_data:
         check_data_arg(args.test_data, "--test-data")
+    elif not is_dataset(args.data):
+        raise ValueError("an image folder as --data needs --test-data (a dataset name or a second folder)")
     if not 0.0 < args.fraction <= 1.0:
         raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.trigger_folder and args.trigger:

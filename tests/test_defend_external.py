@@ -89,7 +89,7 @@ def defend(data_dir: Path, out: Path, *argv: str) -> dict:
     return json.loads((out / f"{name}.report.json").read_text())
 
 
-def fails(capsys, data_dir: Path, out: Path, *argv: str) -> str:
+def fails(data_dir: Path, out: Path, *argv: str) -> str:
     """Run the CLI expecting a one-line user error; nothing may be written."""
     with pytest.raises(SystemExit) as e:
         main(["--data-dir", str(data_dir), "--out", str(out), *argv])
@@ -194,10 +194,10 @@ def malicious_files(d: Path, marker: Path) -> list[Path]:
     return files + [legacy, bb, module]
 
 
-def test_malicious_pickles_are_refused_and_never_run(data_dir, tmp_path, capsys):
+def test_malicious_pickles_are_refused_and_never_run(data_dir, tmp_path):
     marker = tmp_path / "pwned"
     for path in malicious_files(tmp_path, marker):
-        msg = fails(capsys, data_dir, tmp_path / "out", "--model", str(path), "--data", "digits")
+        msg = fails(data_dir, tmp_path / "out", "--model", str(path), "--data", "digits")
         assert str(path) in msg and "torch.save(model.state_dict()" in msg, msg
         if path.suffix != ".safetensors":
             assert "would run code" in msg, msg
@@ -207,24 +207,24 @@ def test_malicious_pickles_are_refused_and_never_run(data_dir, tmp_path, capsys)
 # ---- one-line errors, nothing written --------------------------------------------------------------
 
 
-def test_user_errors_are_one_line_and_write_nothing(files, data_dir, tmp_path, capsys):
+def test_user_errors_are_one_line_and_write_nothing(files, data_dir, tmp_path):
     out = tmp_path / "out"
     torch.manual_seed(0)
     five = make_model("preactresnet18", 5, WIDTH).state_dict()
     torch.save(five, tmp_path / "five.pt")
-    msg = fails(capsys, data_dir, out, "--model", str(tmp_path / "five.pt"), "--data", "digits")
+    msg = fails(data_dir, out, "--model", str(tmp_path / "five.pt"), "--data", "digits")
     assert "key 'linear.weight': file (5, 64) vs model (10, 64)" in msg, msg
-    msg = fails(capsys, data_dir, out, "--model", str(files.pt), "--data", "digits", "--num-classes", "5")
+    msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--num-classes", "5")
     assert "the model has 5 classes but digits has 10" in msg, msg
-    msg = fails(capsys, data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet18")
+    msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet18")
     assert "does not fit resnet18 with 10 classes: key 'conv1.weight': file (8, 3, 3, 3) vs model (64, 3, 7, 7)" in msg
-    msg = fails(capsys, data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet19")
+    msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet19")
     assert "unknown architecture 'resnet19'" in msg and "preactresnet18" in msg and "vgg16_bn" in msg
-    msg = fails(capsys, data_dir, out, "--model", str(tmp_path / "nope.pt"), "--data", "digits")
+    msg = fails(data_dir, out, "--model", str(tmp_path / "nope.pt"), "--data", "digits")
     assert "nope.pt not found" in msg
-    msg = fails(capsys, data_dir, out, "--model", str(files.pt), "--data", "digits", "--trigger", "wanet")
+    msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--trigger", "wanet")
     assert "learnt by the attack run" in msg
-    msg = fails(capsys, data_dir, out, "--model", str(files.pt), "--data", "digits", "--trigger", "blended",
+    msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--trigger", "blended",
                 "--key-image", str(tmp_path / "missing.png"))
     assert "key image" in msg
 
@@ -238,19 +238,21 @@ def write_folder(root: Path, x: torch.Tensor, y: torch.Tensor, flat: bool = Fals
     return root
 
 
-def test_image_folder_errors(files, data_dir, tmp_path, capsys):
+def test_image_folder_errors(files, data_dir, tmp_path):
     cache = data_dir / "cache"
     before = sorted(cache.iterdir())
     (tmp_path / "empty" / "0").mkdir(parents=True)
-    msg = fails(capsys, data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "empty"),
+    msg = fails(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "empty"),
                 "--test-data", "digits")
     assert "holds no images" in msg
     d = files.digits
     keep = d.y_test != 7
     write_folder(tmp_path / "no7", d.x_test[keep][:60], d.y_test[keep][:60])
-    msg = fails(capsys, data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "no7"),
+    msg = fails(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "no7"),
                 "--test-data", "digits")
     assert "does not cover the model's 10 classes" in msg and "missing labels [7]" in msg, msg
+    msg = fails(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "no7"))
+    assert "needs --test-data" in msg
     assert sorted(cache.iterdir()) == before  # no half-converted cache either
 
 
