@@ -84,7 +84,8 @@ def backdoorbench_layout(state: dict, poison_idx: np.ndarray, n: int, d: Path) -
 
 def defend(data_dir: Path, out: Path, *argv: str) -> dict:
     """Run the CLI; return its report."""
-    main(["--data-dir", str(data_dir), "--out", str(out), "--profile", "demo", *argv])
+    # CPU, as the fixture: on CUDA, bf16 inference could move the exact before-values compared below.
+    main(["--data-dir", str(data_dir), "--out", str(out), "--profile", "demo", "--device", "cpu", *argv])
     name = argv[argv.index("--defense") + 1] if "--defense" in argv else "sft"
     return json.loads((out / f"{name}.report.json").read_text())
 
