@@ -84,8 +84,12 @@ def _torch_load(path: Path) -> Any:
     try:
         with torch.serialization.safe_globals(_numpy_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, AttributeError, TypeError, EOFError, RuntimeError) as e:
-        raise _unsafe(path, e) from None
+    except (pickle.UnpicklingError, AttributeError, TypeError, EOFError, RuntimeError, OSError) as e:
+        if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+            raise _unsafe(path, e) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path} cannot be read as a torch.save file ({first}): "
+                              "truncated or another format") from None
 
 
 def _is_state(obj: Any) -> bool:

@@ -226,6 +226,9 @@ def test_user_errors_are_one_line_and_write_nothing(files, data_dir, tmp_path):
     assert "unknown architecture 'resnet19'" in msg and "preactresnet18" in msg and "vgg16_bn" in msg
     msg = fails(data_dir, out, "--model", str(tmp_path / "nope.pt"), "--data", "digits")
     assert "nope.pt not found" in msg
+    (tmp_path / "cut.pt").write_bytes(files.pt.read_bytes()[:5000])  # an interrupted download
+    msg = fails(data_dir, out, "--model", str(tmp_path / "cut.pt"), "--data", "digits")
+    assert "cannot be read as a torch.save file" in msg and "truncated" in msg
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--trigger", "wanet")
     assert "learnt by the attack run" in msg
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--trigger", "blended",
