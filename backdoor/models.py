@@ -80,12 +80,65 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 MODELS: dict[str, Callable[..., nn.Module]] = {"preactresnet18": PreActResNet18}
 
 
-def make_model(name: str, num_classes: int, width: int = 64, dataset: str | None = None) -> nn.Module:
-    """Build a registered model by name, normalising for `dataset`; unknown names fail with the valid list."""
-    if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(sorted(MODELS))}")
-    mean, std = DATASET_STATS.get(dataset or "", ((0.0,) * 3, (1.0,) * 3))
-    return MODELS[name](num_classes=num_classes, width=width, mean=mean, std=std)
+def make_model(name: str, num_classes: int, width: int = 64, dataset: str | None = None, *,
+               norm: tuple[tuple[float, ...], tuple[float, ...]] | None = None,
+               input_size: int | None = None) -> nn.Module:
+    """Build a registered or torchvision model by name, normalising for `dataset` (or `norm` = (mean, std)).
+
+    Unknown names fail with the valid list. `input_size` (torchvision models only) resizes inputs first.
+    """
+    mean, std = norm or DATASET_STATS.get(dataset or "", ((0.0,) * 3, (1.0,) * 3))
+    if name in MODELS:
+        return MODELS[name](num_classes=num_classes, width=width, mean=mean, std=std)
+    if name not in torchvision_models():
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+    return torchvision_model(name, num_classes, mean, std, input_size)
+
+
+# ---- torchvision's classification models, by their torchvision names --------------------------
+# A second registry (torchvision's own), looked up lazily: importing torchvision doubles the import
+# time of every step, and only foreign models need it.
+# Auxiliary heads return tuples in training mode, which the engine's cross-entropy cannot take.
+TORCHVISION_KWARGS: dict[str, dict] = {"googlenet": {"aux_logits": False, "init_weights": True},
+                                       "inception_v3": {"aux_logits": False, "init_weights": True}}
+
+
+def torchvision_models() -> list[str]:
+    """torchvision's classification model names (torchvision.models.list_models)."""
+    import torchvision.models as tvm
+
+    return sorted(tvm.list_models(module=tvm))
+
+
+def model_names() -> list[str]:
+    """Every name make_model accepts: ours, then torchvision's."""
+    return sorted(MODELS) + [n for n in torchvision_models() if n not in MODELS]
+
+
+def _normalise_input(module: nn.Module, args: tuple) -> tuple:
+    """Forward pre-hook: optional resize to `module.input_size`, then (x - mean) / std, on images in [0,1]."""
+    x = args[0]
+    size = module.input_size
+    if size and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return ((x - module.mean) / module.std, *args[1:])
+
+
+def torchvision_model(name: str, num_classes: int, mean=(0.0,) * 3, std=(1.0,) * 3,
+                      input_size: int | None = None) -> nn.Module:
+    """A randomly initialised torchvision classifier that takes [0,1] images, as our models do.
+
+    Normalisation (and resizing) is a forward pre-hook, not a wrapper, so that layer names stay
+    torchvision's (`layer4`, `fc`); `mean`/`std` are buffers as in PreActResNet18.
+    """
+    import torchvision.models as tvm
+
+    net = tvm.get_model(name, weights=None, num_classes=num_classes, **TORCHVISION_KWARGS.get(name, {}))
+    net.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+    net.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+    net.num_classes, net.input_size = num_classes, input_size
+    net.register_forward_pre_hook(_normalise_input)
+    return net
 
 
 # ---- encoder-based scenario (BadEncoder): SimCLR ResNet-18 encoder and its heads ----------

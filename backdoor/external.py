@@ -1,0 +1,299 @@
+"""Models and data from elsewhere: foreign model files read without running their code, image folders.
+
+Model files: our safetensors checkpoints (sidecar + SHA-256 checked), plain safetensors state
+dicts, plain PyTorch state dicts (.pt/.pth/.bin) and BackdoorBench's `attack_result.pt`, all
+through `torch.load(weights_only=True)` at most, with numpy's array types as the only extra
+globals (BackdoorBench stores its poison indices as numpy arrays). Anything else in a pickle,
+such as a whole pickled module or a `__reduce__` payload, is refused, never executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint import CheckpointError, load_checkpoint, load_state_into, sidecar_path, split
+from .models import DATASET_STATS, MODELS, make_model
+
+MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+EXPORT_HINT = ("in a trusted environment export a plain state dict instead: "
+               "torch.save(model.state_dict(), 'model.pt')")
+
+# BackdoorBench's input normalisation per `clean_data` (its get_dataset_normalization); GTSRB and
+# CelebA have none. Ours (cifar10/100) come from models.DATASET_STATS, which holds the same numbers.
+BACKDOORBENCH_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    **DATASET_STATS,
+    "mnist": ((0.5,) * 3, (0.5,) * 3),
+    "tiny": ((0.4802, 0.4481, 0.3975), (0.2302, 0.2265, 0.2262)),
+    "gtsrb": ((0.0,) * 3, (1.0,) * 3),
+    "celeba": ((0.0,) * 3, (1.0,) * 3),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+}
+# BackdoorBench model names that are not torchvision's and map to ours (its resnet18, vgg19_bn, ...
+# are torchvision's own and load under the same name).
+BACKDOORBENCH_MODELS: dict[str, str] = {"preactresnet18": "preactresnet18"}
+_BACKDOORBENCH_KEYS = ("model_name", "num_classes", "model")
+
+
+def _numpy_globals() -> list:
+    """The numpy types a weights-only load may build: plain arrays, scalars and dtypes (numpy 1 and 2 names)."""
+    from numpy._core import multiarray
+
+    # numpy 2 pickles a dtype through its class (numpy.dtypes.Int64DType, ...): plain numbers only.
+    numeric = [type(np.dtype(t)) for t in ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
+                                            "uint64", "float16", "float32", "float64")]
+    return [np.ndarray, np.dtype, *numeric, multiarray._reconstruct, multiarray.scalar,
+            (multiarray._reconstruct, "numpy.core.multiarray._reconstruct"),
+            (multiarray.scalar, "numpy.core.multiarray.scalar")]
+
+
+@dataclass(frozen=True)
+class ModelFile:
+    """A model's weights read from a file, with whatever the file says about its architecture."""
+
+    path: Path
+    format: str  # checkpoint | safetensors | state_dict | backdoorbench
+    state: dict[str, torch.Tensor]
+    # Hints from the file: arch, num_classes, width, norm (mean, std), image_size, dataset.
+    hints: dict[str, Any] = field(default_factory=dict)
+
+
+def _unsafe(path: Path, err: Exception) -> CheckpointError:
+    # torch's message is long; name the global it refused, else its unpickler's complaint.
+    found = re.search(r"GLOBAL ([\w.]+)|but got (<class [^>]+>)|Unsupported operand (\d+)", str(err))
+    if found is None:
+        why = str(err).strip().splitlines()[-1][:160]
+    else:
+        glob, cls, op = found.groups()
+        why = f"it needs {glob or cls}" if glob or cls else f"pickle opcode {op}, not written by torch.save"
+    return CheckpointError(f"refusing {path}: loading it would run code stored in the file ({why}); {EXPORT_HINT}")
+
+
+def _torch_load(path: Path) -> Any:
+    """torch.load with weights_only=True and numpy's array types allowed; refuses everything else."""
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, AttributeError, TypeError, EOFError, RuntimeError, OSError) as e:
+        if isinstance(e, pickle.UnpicklingError) or "Weights only load failed" in str(e):
+            raise _unsafe(path, e) from None
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise CheckpointError(f"{path} cannot be read as a torch.save file ({first}): "
+                              "truncated or another format") from None
+
+
+def _is_state(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                       for k, v in obj.items())
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Drop DataParallel's `module.` and torch.compile's `_orig_mod.` when every key has them."""
+    for prefix in ("module.", "_orig_mod."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return state
+
+
+def _backdoorbench(path: Path, obj: dict) -> ModelFile:
+    """BackdoorBench's attack_result.pt / defense_result.pt: state dict under `model`, name, class count."""
+    name = str(obj["model_name"])
+    state = obj["model"]
+    if not _is_state(state):
+        raise CheckpointError(f"{path}: BackdoorBench's 'model' entry is not a state dict; {EXPORT_HINT}")
+    hints: dict[str, Any] = {"arch": BACKDOORBENCH_MODELS.get(name, name), "num_classes": int(obj["num_classes"])}
+    if name.startswith("vit_"):  # BackdoorBench wraps ViTs as Sequential(Resize(224), net)
+        state, hints["input_size"] = {k[2:]: v for k, v in state.items() if k.startswith("1.")}, 224
+    if obj.get("clean_data") in BACKDOORBENCH_STATS:
+        hints["norm"], hints["dataset"] = BACKDOORBENCH_STATS[obj["clean_data"]], obj["clean_data"]
+    if obj.get("img_size") is not None:
+        hints["image_size"] = int(list(obj["img_size"])[0])
+    return ModelFile(path, "backdoorbench", _strip_prefixes(state), hints)
+
+
+def _from_pickle(path: Path) -> ModelFile:
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and all(k in obj for k in _BACKDOORBENCH_KEYS):
+        return _backdoorbench(path, obj)
+    if _is_state(obj):
+        return ModelFile(path, "state_dict", _strip_prefixes(obj))
+    for key in ("state_dict", "model_state_dict", "model", "net"):
+        if isinstance(obj, dict) and _is_state(obj.get(key)):
+            return ModelFile(path, "state_dict", _strip_prefixes(obj[key]))
+    keys = sorted(map(str, obj))[:8] if isinstance(obj, dict) else type(obj).__name__
+    raise CheckpointError(f"{path} holds no state dict (found {keys}); {EXPORT_HINT}")
+
+
+def _from_safetensors(path: Path) -> ModelFile:
+    if not sidecar_path(path).is_file():  # a plain safetensors state dict (e.g. from a model hub)
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return ModelFile(path, "safetensors", _strip_prefixes(load_file(str(path))))
+        except SafetensorError as e:
+            raise CheckpointError(f"{path} is not a valid safetensors file ({e}); {EXPORT_HINT}") from None
+    tensors, meta = load_checkpoint(path)
+    arch = meta.get("arch", {})
+    hints = {"arch": arch.get("name"), "num_classes": arch.get("num_classes"), "width": arch.get("width"),
+             "dataset": arch.get("dataset"), "input_size": arch.get("input_size")}
+    return ModelFile(path, "checkpoint", split(tensors, "model") or tensors,
+                     {k: v for k, v in hints.items() if v is not None})
+
+
+def read_model_file(path: Path | str) -> ModelFile:
+    """Read a model file's weights and hints; unsafe, missing or unknown files raise CheckpointError."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"model file {path} not found; pass an existing file with --model")
+    if path.suffix not in MODEL_SUFFIXES:
+        raise CheckpointError(f"{path}: unknown model file type {path.suffix!r}; "
+                              f"use one of {', '.join(MODEL_SUFFIXES)}")
+    mf = _from_safetensors(path) if path.suffix == ".safetensors" else _from_pickle(path)
+    if not mf.state:
+        raise CheckpointError(f"{path} holds no tensors")
+    return mf
+
+
+def first_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> Optional[str]:
+    """The first key (in the model's order) whose presence or shape differs between model and file, or None."""
+    own = model.state_dict()
+    for k, v in own.items():
+        if k not in state:
+            return f"key {k!r} {tuple(v.shape)} of the model is not in the file"
+        if tuple(state[k].shape) != tuple(v.shape):
+            return f"key {k!r}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+    extra = next((k for k in state if k not in own), None)
+    return None if extra is None else f"key {extra!r} {tuple(state[extra].shape)} of the file is not in the model"
+
+
+def build_model(mf: ModelFile, arch: str, num_classes: int, norm: tuple, input_size: Optional[int] = None,
+                width: Optional[int] = None) -> nn.Module:
+    """Our or torchvision's `arch` with the file's weights; a mismatch names the first differing key and shape.
+
+    Normalisation buffers (`mean`/`std`) the file lacks are filled from `norm` (the file's own win), and
+    BatchNorm step counters (absent from pre-1.0 files) from the fresh model.
+    PreAct-ResNet18's width, unless given, is read off the file's first convolution.
+    """
+    if arch == "preactresnet18" and width is None and "conv1.weight" in mf.state:
+        width = int(mf.state["conv1.weight"].shape[0])
+    model = make_model(arch, num_classes, width or 64, norm=norm, input_size=input_size)
+    own = model.state_dict()
+    defaults = {k: v for k, v in own.items() if k in ("mean", "std") or k.endswith("num_batches_tracked")}
+    state = {**defaults, **mf.state}
+    problem = first_mismatch(model, state)
+    if problem:
+        raise CheckpointError(f"{mf.path} does not fit {arch} with {num_classes} classes: {problem}; "
+                              "pick the right --arch / --num-classes")
+    load_state_into(model, state)
+    return model
+
+
+def arch_of(model: nn.Module, arch: str, num_classes: int, dataset: Optional[str] = None) -> dict[str, Any]:
+    """The sidecar `arch` entry that rebuilds `model` (make_model arguments)."""
+    width = getattr(model, "width", None) if arch in MODELS else None
+    return {"name": arch, "num_classes": num_classes, "width": width, "dataset": dataset,
+            "input_size": getattr(model, "input_size", None)}
+
+
+# ---- image folders ------------------------------------------------------------------------------
+
+
+def _images(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def folder_classes(folder: Path, num_classes: int) -> dict[str, int]:
+    """Class folder name -> label. Integer names are their own labels (so "10" follows "9"); otherwise
+    torchvision ImageFolder's sorted order. Every class 0..num_classes-1 must have images."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"image folder {folder} not found; "
+                                "pass an ImageFolder-layout folder (one sub-folder per class)")
+    dirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not dirs or not _images(folder):
+        raise ValueError(f"image folder {folder} holds no images in class sub-folders ({', '.join(IMAGE_SUFFIXES)})")
+    numeric = all(d.isdigit() for d in dirs)
+    classes = {d: int(d) for d in dirs} if numeric else {d: i for i, d in enumerate(dirs)}
+    empty = [d for d in dirs if not _images(folder / d)]
+    missing = sorted(set(range(num_classes)) - set(classes.values()))
+    if missing or empty or max(classes.values()) >= num_classes:
+        raise ValueError(f"image folder {folder} does not cover the model's {num_classes} classes "
+                         f"(found {len(dirs)} class folders; missing labels {missing[:5]}, empty {empty[:5]}); "
+                         "give one non-empty sub-folder per class")
+    return classes
+
+
+def triggered_classes(folder: Path | str, classes: Optional[dict[str, int]]) -> Optional[dict[str, int]]:
+    """Labels of a folder of triggered images: None for a flat folder (every image counts towards ASR),
+    else its class sub-folders by the clean data's names (or integer names)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"triggered-image folder {folder} not found")
+    dirs = sorted(d.name for d in folder.iterdir() if d.is_dir())
+    if not dirs:
+        return None
+    known = classes or {}
+    unknown = [d for d in dirs if d not in known and not d.isdigit()]
+    if unknown:
+        raise ValueError(f"triggered-image folder {folder}: sub-folders {unknown[:3]} are not class names; "
+                         "use the clean data's class names or a flat folder")
+    return {d: known.get(d, int(d) if d.isdigit() else -1) for d in dirs}
+
+
+def _fingerprint(folder: Path, files: list[Path], size: int) -> str:
+    h = hashlib.sha256(f"{folder.resolve()}|{size}".encode())
+    for p in files:
+        st = p.stat()
+        h.update(f"{p.relative_to(folder)}|{st.st_size}|{st.st_mtime_ns}".encode())
+    return h.hexdigest()
+
+
+def _read_image(path: Path, size: int) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(path) as img:
+        return np.asarray(img.convert("RGB").resize((size, size), Image.BILINEAR))
+
+
+def load_image_folder(folder: Path | str, size: int, classes: Optional[dict[str, int]], cache_dir: Path | str
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 [N,3,size,size] images and int64 labels of a folder (labels -1 when `classes` is None: a flat
+    folder). Converted once, cached as safetensors under `cache_dir`, rebuilt when any file changes."""
+    from safetensors.torch import load_file, save_file
+
+    folder = Path(folder)
+
+    def member(p: Path) -> bool:  # class folders: files inside a known class; flat: files at the top
+        parts = p.relative_to(folder).parts
+        return len(parts) > 1 and parts[0] in classes if classes is not None else len(parts) == 1
+
+    files = [p for p in _images(folder) if member(p)]
+    if not files:
+        raise ValueError(f"image folder {folder} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    key = _fingerprint(folder, files, size)
+    cache = Path(cache_dir) / f"folder-{key[:16]}.safetensors"
+    if cache.is_file():
+        t = load_file(str(cache))
+        return t["x"], t["y"]
+    x = torch.from_numpy(np.stack([_read_image(p, size) for p in files])).permute(0, 3, 1, 2).contiguous()
+    y = torch.tensor([classes[p.relative_to(folder).parts[0]] if classes is not None else -1 for p in files],
+                     dtype=torch.int64)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    try:
+        save_file({"x": x, "y": y}, str(tmp), metadata={"folder": str(folder.resolve()),
+                                                       "classes": json.dumps(classes)})
+        os.replace(tmp, cache)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return x, y

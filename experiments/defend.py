@@ -1,0 +1,301 @@
+"""Defend a model trained elsewhere: load it from a file, run a registered defence on your clean data.
+
+    python -m experiments.defend --model model.pt --data digits --defense sft --profile demo \\
+        --trigger badnets --target 0
+    python -m experiments.defend --model attack_result.pt --data cifar10 --fraction 0.1 --defense sft
+    python -m experiments.defend --model model.pt --arch resnet18 --data my_train/ --test-data my_test/
+
+Writes OUT/<defense>.safetensors (+ its JSON sidecar) and OUT/<defense>.report.json: CA before and
+after, device time, and ASR before and after when a trigger is named. Model files are never
+unpickled beyond torch.load(weights_only=True) (backdoor/external.py).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import torch
+import torch.nn as nn
+
+from backdoor.attacks import ATTACKS, Attack, make_attack
+from backdoor.checkpoint import save_model
+from backdoor.data import DATA_DIR, DATASETS, IMAGE_SIZE, ImageData, load_dataset
+from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_model, folder_classes,
+                               load_image_folder, read_model_file, triggered_classes)
+from backdoor.metrics import accuracy, make_evaluator
+from backdoor.models import DATASET_STATS, model_names
+from defenses import DefenseContext, get_defense
+from defenses.common import clean_subset
+from defenses.presets import defense_params
+from experiments.common import ARTIFACTS, evaluator_for, jsonable, resolve_device, run_main, setup, write_result
+from experiments.profiles import get_profile
+
+# Attacks whose trigger is fully given by their parameters; the others (WaNet's random warp, LF's
+# DeepFool perturbation, InputAware's generator) only exist in the state of the run that trained them.
+PARAM_TRIGGERS = ("badnets", "blended")
+DEFAULT_IMAGE_SIZE = 32  # CIFAR-style
+
+
+def parse_params(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE strings to a dict; values read as JSON when they parse (numbers, true), else strings."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--trigger-param {item!r}: write KEY=VALUE, e.g. size=3")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
+
+
+def resolve_arch(args: argparse.Namespace, mf: ModelFile) -> tuple[str, str]:
+    """(architecture, where it came from): --arch, else the file's, else PreAct-ResNet18."""
+    arch, source = (args.arch, "--arch") if args.arch else (mf.hints.get("arch"), "file")
+    if not arch:
+        arch, source = "preactresnet18", "default"
+    names = model_names()
+    if arch not in names:
+        raise ValueError(f"unknown architecture {arch!r} ({source}); choose one of: {', '.join(names)}")
+    return arch, source
+
+
+def resolve_norm(args: argparse.Namespace, mf: ModelFile) -> tuple[tuple, str]:
+    """((mean, std), source): --mean/--std, --norm, the file's hints, the named dataset's stats, or none."""
+    if (args.mean is None) != (args.std is None):
+        raise ValueError("give --mean and --std together (three numbers each)")
+    if args.mean is not None:
+        return (tuple(args.mean), tuple(args.std)), "--mean/--std"
+    if args.norm:
+        if args.norm == "none":
+            return ((0.0,) * 3, (1.0,) * 3), "--norm none"
+        if args.norm not in BACKDOORBENCH_STATS:
+            raise ValueError(f"unknown --norm {args.norm!r}; "
+                             f"choose one of: none, {', '.join(sorted(BACKDOORBENCH_STATS))}")
+        return BACKDOORBENCH_STATS[args.norm], f"--norm {args.norm}"
+    if "norm" in mf.hints:
+        return mf.hints["norm"], "file"
+    if args.data in DATASET_STATS:
+        return DATASET_STATS[args.data], f"{args.data} statistics"
+    return ((0.0,) * 3, (1.0,) * 3), "none"
+
+
+def make_trigger(args: argparse.Namespace, image_size: int) -> Optional[Attack]:
+    """The named trigger (with --target, --key-image, --trigger-param), or None."""
+    if args.trigger is None:
+        return None
+    if args.trigger not in PARAM_TRIGGERS:
+        why = "its trigger is learnt by the attack run" if args.trigger in ATTACKS else "it is not an attack"
+        raise ValueError(f"--trigger {args.trigger!r}: {why}; name one of {', '.join(PARAM_TRIGGERS)} "
+                         "or pass a folder of triggered images with --trigger-folder")
+    params = {"target": args.target, **parse_params(args.trigger_param)}
+    if args.key_image:
+        params["key_image"] = args.key_image
+    if args.trigger == "blended":
+        params.setdefault("size", image_size)
+    return make_attack(args.trigger, **params)
+
+
+def is_dataset(name: str) -> bool:
+    return name in DATASETS
+
+
+def check_data_arg(value: str, flag: str) -> None:
+    """Fail before any work when `value` is neither a dataset name nor an existing folder."""
+    if not is_dataset(value) and not Path(value).is_dir():
+        raise FileNotFoundError(f"{flag} {value!r} is neither a dataset ({', '.join(sorted(DATASETS))}) "
+                                "nor an existing ImageFolder-layout folder")
+
+
+def load_clean_data(args: argparse.Namespace, num_classes: Optional[int], image_size: int
+                    ) -> tuple[ImageData, Optional[dict[str, int]]]:
+    """Train (clean) and test images as ImageData, and the folder's class names (None for a named dataset)."""
+    cache = Path(args.data_dir) / "cache"
+    if is_dataset(args.data):
+        data, classes = load_dataset(args.data, args.data_dir), None
+    else:
+        folder = Path(args.data)
+        n = num_classes or _count_classes(folder)
+        classes = folder_classes(folder, n)
+        x, y = load_image_folder(folder, image_size, classes, cache)
+        data = ImageData(folder.name, x, y, x[:0], y[:0], n)
+    nc = num_classes or data.num_classes
+    if data.num_classes != nc:
+        raise ValueError(f"the model has {nc} classes but {args.data} has {data.num_classes}; "
+                         "pass the matching --num-classes or data")
+    if args.test_data and not is_dataset(args.test_data):
+        test = Path(args.test_data)
+        test_classes = folder_classes(test, nc)
+        if classes is not None and test_classes != classes:
+            raise ValueError(f"test folder {test} has classes {sorted(test_classes)[:5]}..., "
+                             f"the training folder {sorted(classes)[:5]}...; use the same class folders")
+        x_te, y_te = load_image_folder(test, image_size, test_classes, cache)
+        data = replace(data, x_test=x_te, y_test=y_te)
+    elif args.test_data:
+        other = load_dataset(args.test_data, args.data_dir)
+        data = replace(data, x_test=other.x_test, y_test=other.y_test)
+    return data, classes
+
+
+def _count_classes(folder: Path) -> int:
+    dirs = [d.name for d in folder.iterdir() if d.is_dir()] if folder.is_dir() else []
+    return (max(map(int, dirs)) + 1 if all(d.isdigit() for d in dirs) else len(dirs)) if dirs else 0
+
+
+def make_evaluate(args: argparse.Namespace, data: ImageData, attack: Optional[Attack],
+                  classes: Optional[dict[str, int]], image_size: int, device: torch.device
+                  ) -> Callable[[nn.Module], dict]:
+    """CA on the test set, plus ASR (and RA when true labels are known) for the named trigger."""
+    if attack is not None:
+        return evaluator_for(data, attack, device)
+    x_test = data.x_test.to(device)
+    if args.trigger_folder is None:
+        return lambda model: {"ca": accuracy(model, x_test, data.y_test)}
+    folder = Path(args.trigger_folder)
+    x_bd, y_bd = load_image_folder(folder, image_size, triggered_classes(folder, classes),
+                                   Path(args.data_dir) / "cache")
+    evaluate = make_evaluator(x_test, data.y_test, x_bd.to(device), y_bd, args.target)
+    if (y_bd >= 0).all():
+        return evaluate
+    return lambda model: {k: v for k, v in evaluate(model).items() if k != "ra"}  # no true labels: no RA
+
+
+def check_args(args: argparse.Namespace) -> Path:
+    """Fail in one line on inconsistent flags, before any file is read; returns the output folder."""
+    check_data_arg(args.data, "--data")
+    if args.test_data:
+        check_data_arg(args.test_data, "--test-data")
+    elif not is_dataset(args.data):
+        raise ValueError("an image folder as --data needs --test-data (a dataset name or a second folder)")
+    if not 0.0 < args.fraction <= 1.0:
+        raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
+    if args.trigger_folder and args.trigger:
+        raise ValueError("name a trigger with --trigger or give --trigger-folder, not both")
+    out = Path(args.out) if args.out else ARTIFACTS / "defend" / Path(args.model).stem
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; give a folder")
+    return out
+
+
+def resolve_model_file(args: argparse.Namespace) -> tuple[ModelFile, str, tuple, dict[str, str]]:
+    """The model file (normalisation buffers dropped when flags override them), arch, norm, their sources."""
+    mf = read_model_file(args.model)
+    arch, arch_source = resolve_arch(args, mf)
+    norm, norm_source = resolve_norm(args, mf)
+    if norm_source.startswith("--"):  # the user's flags beat the file's own normalisation buffers
+        mf = replace(mf, state={k: v for k, v in mf.state.items() if k not in ("mean", "std")})
+    elif "mean" in mf.state and "std" in mf.state:
+        norm = tuple(mf.state["mean"].flatten().tolist()), tuple(mf.state["std"].flatten().tolist())
+        norm_source = "file"
+    return mf, arch, norm, {"arch": arch_source, "norm": norm_source}
+
+
+def defend(args: argparse.Namespace) -> None:
+    """Load the model file, defend it on the clean data, write the defended model and the report."""
+    defense, prof, device = get_defense(args.defense), get_profile(args.profile), resolve_device(args.device)
+    out = check_args(args)
+    mf, arch, norm, sources = resolve_model_file(args)
+    image_size = IMAGE_SIZE if is_dataset(args.data) else (
+        args.image_size or mf.hints.get("image_size") or DEFAULT_IMAGE_SIZE)
+    attack = make_trigger(args, image_size)
+    data, classes = load_clean_data(args, args.num_classes or mf.hints.get("num_classes"), image_size)
+    model = build_model(mf, arch, data.num_classes, norm, args.input_size or mf.hints.get("input_size"),
+                        args.width).to(device)
+    cfg = prof.finetune_config(data.name if is_dataset(args.data) else "folder")
+    cfg = replace(cfg, **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
+                                            ("lr", args.lr), ("seed", args.seed)) if v is not None})
+    setup(f"defend {mf.path} ({mf.format}) with {args.defense} on {args.data}",
+          {"arch": f"{arch} ({sources['arch']})", "norm": f"{norm} ({sources['norm']})",
+           "num_classes": data.num_classes, "fraction": args.fraction, "finetune": cfg, "sft": prof.sft,
+           "device": device, "out": out,
+           "trigger": attack.params() | {"name": attack.name} if attack else args.trigger_folder})
+    ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
+                         evaluate=make_evaluate(args, data, attack, classes, image_size, device),
+                         num_classes=data.num_classes, params={"sft": prof.sft, **defense_params(prof.name)})
+    x, y = clean_subset(ctx, args.fraction, cfg.seed) if args.fraction < 1.0 else (data.x_train, data.y_train)
+    # Data-level defences (AC, Spectral, ABL) treat the user's data as the set the model was trained on.
+    result = defense(replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y))
+    report = summarise(args, mf, arch, norm, cfg, result, len(x), device, out)
+    dataset = data.name if classes is None else None
+    save_model(out / f"{args.defense}.safetensors", result.model,
+               jsonable({**{k: v for k, v in report.items() if k != "history"},
+                         "arch": arch_of(result.model, arch, data.num_classes, dataset)}))
+    write_result(out / f"{args.defense}.report.json", report)
+    print_report(report)
+
+
+def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, cfg, result, n_clean: int,
+              device: torch.device, out: Path) -> dict[str, Any]:
+    """The report: inputs, CA/ASR before and after, device time, history."""
+    before, after = result.history[0], result.history[-1]
+    hours = result.info.get("device_hours", sum(r["seconds"] for r in result.history) / 3600)
+    keep = ("ca", "asr", "ra")
+    trigger = args.trigger or args.trigger_folder
+    return {"model": str(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
+            "test_data": args.test_data or args.data, "clean_images": n_clean, "fraction": args.fraction,
+            "defense": args.defense, "profile": args.profile, "finetune": cfg,
+            "trigger": trigger, "target": args.target if trigger else None,
+            "before": {k: before[k] for k in keep if k in before},
+            "after": {k: after[k] for k in keep if k in after}, "device_seconds": hours * 3600,
+            "device": str(device), "out": str(out / f"{args.defense}.safetensors"),
+            "info": {k: v for k, v in result.info.items() if k not in keep and k != "device_hours"},
+            "history": result.history}
+
+
+def print_report(r: dict[str, Any]) -> None:
+    """Three lines: before, after, time and files."""
+    def line(d: dict) -> str:
+        return "  ".join(f"{k.upper()} {v:.3f}" for k, v in d.items() if k in ("ca", "asr"))
+
+    print(f"before:  {line(r['before'])}")
+    print(f"after:   {line(r['after'])}   ({r['defense']}, {r['clean_images']} clean images)")
+    print(f"device time {r['device_seconds']:.1f} s on {r['device']}; wrote {r['out']} and "
+          f"{Path(r['out']).with_suffix('.report.json')}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m experiments.defend", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True, help="model file: .safetensors, .pt/.pth/.bin state dict, "
+                                                  "BackdoorBench attack_result.pt")
+    ap.add_argument("--data", required=True, help="clean data: a dataset name or an ImageFolder-layout folder")
+    ap.add_argument("--test-data", help="test set: a dataset name (its test split) or a folder "
+                                        "(default: --data's test split)")
+    ap.add_argument("--defense", default="sft", help="ft, sft, ... (defenses.DEFENSES)")
+    ap.add_argument("--profile", default="paper", help="budgets: the profile's FT/SFT epochs, batch, SFT schedule")
+    ap.add_argument("--epochs", type=int)
+    ap.add_argument("--batch-size", type=int)
+    ap.add_argument("--lr", type=float, help="FT learning rate (SFT takes its LRs from the profile)")
+    ap.add_argument("--seed", type=int)
+    ap.add_argument("--fraction", type=float, default=1.0, help="share of the clean data used (paper Fig. 7)")
+    ap.add_argument("--arch", help="preactresnet18 or a torchvision model name (default: the file's, "
+                                   "else preactresnet18)")
+    ap.add_argument("--num-classes", type=int, help="default: the file's, else the data's")
+    ap.add_argument("--width", type=int, help="PreAct-ResNet18 width (default: read off the file)")
+    ap.add_argument("--norm", help="input normalisation by dataset name (cifar10, imagenet, ...) or none")
+    ap.add_argument("--mean", type=float, nargs=3)
+    ap.add_argument("--std", type=float, nargs=3)
+    ap.add_argument("--image-size", type=int, help="side of folder images after conversion (default: file's, else 32)")
+    ap.add_argument("--input-size", type=int, help="torchvision models: resize inputs to this side first")
+    ap.add_argument("--trigger", help="measure ASR with this attack's trigger: badnets or blended")
+    ap.add_argument("--trigger-param", action="append", default=[], metavar="KEY=VALUE",
+                    help="trigger parameter, e.g. size=3 or alpha=0.2 (repeatable)")
+    ap.add_argument("--key-image", help="Blended key image")
+    ap.add_argument("--trigger-folder", help="folder of already-triggered images (flat, or class sub-folders)")
+    ap.add_argument("--target", type=int, default=0, help="the backdoor's target label (default 0)")
+    ap.add_argument("--out", help="output folder (default: artifacts/defend/<model file stem>)")
+    ap.add_argument("--data-dir", default=str(DATA_DIR), help="dataset cache folder (default: $DATA_DIR or data)")
+    ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_main(defend, build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,25 @@
+# Defend a model trained elsewhere (README "Defend your own model"; experiments/defend.py).
+#   make defend MODEL=model.pt DATA=digits DEFENSE=sft PROFILE=demo TRIGGER=badnets
+#   make defend MODEL=attack_result.pt DATA=cifar10 FRACTION=0.1
+#   make defend MODEL=model.pt DATA=my_train/ TEST_DATA=my_test/ DEFEND_ARGS="--arch resnet18 --norm imagenet"
+# Output: OUT (default $(A)/defend/<model file stem>)/<DEFENSE>.safetensors (+ .json) and <DEFENSE>.report.json.
+# Always runs (phony): the model file lives outside the pipeline's artifacts.
+MODEL     ?=
+DATA      ?=
+DEFENSE   ?= sft
+TEST_DATA ?=
+FRACTION  ?=
+TRIGGER   ?=
+BD_TARGET ?=
+OUT       ?=
+DEFEND_ARGS ?=
+defend_opt = $(if $(2),$(1) $(2))
+DEFEND_FLAGS = --model $(MODEL) --data $(DATA) --defense $(DEFENSE) --profile $(PROFILE) \
+  $(call defend_opt,--test-data,$(TEST_DATA)) $(call defend_opt,--fraction,$(FRACTION)) \
+  $(call defend_opt,--trigger,$(TRIGGER)) $(call defend_opt,--target,$(BD_TARGET)) \
+  $(call defend_opt,--out,$(if $(OUT),$(OUT),$(A)/defend/$(basename $(notdir $(MODEL))))) $(DEVFLAG) $(DEFEND_ARGS)
+
+.PHONY: defend
+defend: $(STAMP)
+	$(if $(and $(MODEL),$(DATA)),,$(error make defend needs MODEL=<model file> and DATA=<dataset name or image folder>))
+	$(RUN) experiments.defend $(strip $(DEFEND_FLAGS))
