@@ -29,9 +29,8 @@ from backdoor.metrics import accuracy, make_evaluator
 from backdoor.models import DATASET_STATS, model_names
 from defenses import DefenseContext, get_defense
 from defenses.common import clean_subset
-from defenses.presets import defense_params
 from experiments.common import ARTIFACTS, evaluator_for, jsonable, resolve_device, run_main, setup, write_result
-from experiments.profiles import get_profile
+from experiments.profiles import add_profile_args, resolve
 
 # Attacks whose trigger is fully given by their parameters; the others (WaNet's random warp, LF's
 # DeepFool perturbation, InputAware's generator) only exist in the state of the run that trained them.
@@ -196,7 +195,7 @@ def resolve_model_file(args: argparse.Namespace) -> tuple[ModelFile, str, tuple,
 
 def defend(args: argparse.Namespace) -> None:
     """Load the model file, defend it on the clean data, write the defended model and the report."""
-    defense, prof, device = get_defense(args.defense), get_profile(args.profile), resolve_device(args.device)
+    defense, prof, device = get_defense(args.defense), resolve(args.profile, args.set), resolve_device(args.device)
     out = check_args(args)
     mf, arch, norm, sources = resolve_model_file(args)
     image_size = IMAGE_SIZE if is_dataset(args.data) else (
@@ -215,7 +214,7 @@ def defend(args: argparse.Namespace) -> None:
            "trigger": attack.params() | {"name": attack.name} if attack else args.trigger_folder})
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=make_evaluate(args, data, attack, classes, image_size, device),
-                         num_classes=data.num_classes, params={"sft": prof.sft, **defense_params(prof.name)})
+                         num_classes=data.num_classes, target_label=args.target, params=prof.defense_params())
     x, y = clean_subset(ctx, args.fraction, cfg.seed) if args.fraction < 1.0 else (data.x_train, data.y_train)
     # Data-level defences (AC, Spectral, ABL) treat the user's data as the set the model was trained on.
     result = defense(replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y))
@@ -237,7 +236,7 @@ def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, c
     trigger = args.trigger or args.trigger_folder
     return {"model": str(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
             "test_data": args.test_data or args.data, "clean_images": n_clean, "fraction": args.fraction,
-            "defense": args.defense, "profile": args.profile, "finetune": cfg,
+            "defense": args.defense, "profile": args.profile, "overrides": args.set, "finetune": cfg,
             "trigger": trigger, "target": args.target if trigger else None,
             "before": {k: before[k] for k in keep if k in before},
             "after": {k: after[k] for k in keep if k in after}, "device_seconds": hours * 3600,
@@ -266,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--test-data", help="test set: a dataset name (its test split) or a folder "
                                         "(default: --data's test split)")
     ap.add_argument("--defense", default="sft", help="ft, sft, ... (defenses.DEFENSES)")
-    ap.add_argument("--profile", default="paper", help="budgets: the profile's FT/SFT epochs, batch, SFT schedule")
+    add_profile_args(ap)  # budgets: the profile's FT/SFT epochs, batch, SFT schedule, baseline configs
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--lr", type=float, help="FT learning rate (SFT takes its LRs from the profile)")
