@@ -125,3 +125,21 @@ def test_reinject_wanet_at_ratio_0_001_runs_and_reports_the_drawn_count():
     assert "skipped" not in rec and len(rec["history"]) == 3
     assert abs(rec["n_poison"] - 0.032 * 2) < 1e-9  # expected per epoch: ratio x batch x steps
     assert isinstance(rec["n_poison_drawn"], int) and 0 <= rec["n_poison_drawn"] <= 4
+
+
+# ---- BadEncoder's reference input ------------------------------------------------------------
+
+def test_badencoder_reference_comes_from_training_data_and_is_held_out():
+    """Before: the reference was a downstream *test* image, the set ASR is measured on."""
+    import experiments.encoder as ex
+
+    z = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
+    x_train = torch.arange(6, dtype=torch.uint8)[:, None, None, None].expand(6, 3, 32, 32).clone()
+    data = ImageData("t", x_train, torch.tensor([1, 9, 3, 9, 0, 2]), z, torch.tensor([9, 0, 0, 0, 0, 9]), 10)
+    picks = {ex.pick_reference(data, 9, s) for s in range(20)}
+    assert picks == {1, 3}  # the training images of class 9 (test images 0 and 5 never)
+    held = ex.without_reference(data, {"dataset": "t", "split": "train", "index": 3})
+    assert held.x_train[:, 0, 0, 0].tolist() == [0, 1, 2, 4, 5] and held.y_train.tolist() == [1, 9, 3, 0, 2]
+    assert torch.equal(held.x_test, data.x_test)
+    old = {"dataset": "t", "split": "test", "index": 3}  # checkpoints made before the change
+    assert ex.without_reference(data, old) is data
