@@ -2,15 +2,21 @@
 poisoning at small ratios (re-injection at 0.001 / 0.0001), BadEncoder's reference input, trigger files."""
 from __future__ import annotations
 
+import hashlib
+
+import numpy as np
+import pytest
 import torch
 import torch.nn as nn
 import torchvision.transforms.functional as TF
 
 import backdoor.attacks.wanet as wanet_mod
-from backdoor.attacks import make_attack
+from backdoor.attacks import make_attack, trigger_record
+from backdoor.attacks.lf import pattern_from_array
 from backdoor.attacks.per_batch import N_DRAWS, crop_shift, draw_count, post_augment, rotate
 from backdoor.data import ImageData
 from backdoor.models import make_model
+from backdoor.poison import bake
 from backdoor.train import TrainConfig
 from sequela.reinject import reinject
 
@@ -143,3 +149,57 @@ def test_badencoder_reference_comes_from_training_data_and_is_held_out():
     assert torch.equal(held.x_test, data.x_test)
     old = {"dataset": "t", "split": "test", "index": 3}  # checkpoints made before the change
     assert ex.without_reference(data, old) is data
+
+
+# ---- trigger files -----------------------------------------------------------------------------
+
+def _bb_pattern(tmp_path, shape=(32, 32, 3), seed=0):
+    """A file laid out as BackdoorBench's resource/lowFrequency/*_0_255.npy (uint8, H x W x 3)."""
+    a = np.random.default_rng(seed).integers(0, 52, size=shape, dtype=np.uint8)
+    path = tmp_path / "cifar10_preactresnet18_0_255.npy"
+    np.save(path, a)
+    return path, a
+
+
+def test_lf_uses_backdoorbenchs_pattern_file_exactly(tmp_path, monkeypatch):
+    """Catches an HWC/CHW mix-up or a wrong scale: baked pixels are clip(x + pattern) in uint8."""
+    path, a = _bb_pattern(tmp_path)
+    atk = make_attack("lf", pattern_file=str(path))
+    monkeypatch.setattr(type(atk), "generate", lambda *a, **k: pytest.fail("a pattern file must not be regenerated"))
+    atk.prepare(None, None, width=4, seed=0)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ref = (x.int() + torch.from_numpy(a).permute(2, 0, 1).int()).clamp(0, 255)
+    assert torch.equal(bake(atk, x).int(), ref)
+    p = atk.params()
+    assert p["pattern_file"] == str(path) and p["pattern_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    rec = trigger_record(atk)
+    assert rec["files"] == {"pattern_file": {"path": str(path), "sha256": p["pattern_sha256"]}}
+
+
+def test_lf_pattern_file_errors_are_one_line(tmp_path):
+    path, _ = _bb_pattern(tmp_path, shape=(16, 16, 3))
+    with pytest.raises(ValueError, match="shape \\(16, 16, 3\\); need finite values, 32x32x3"):
+        make_attack("lf", pattern_file=str(path)).prepare(None, None, 4, 0)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_attack("lf", pattern_file=str(tmp_path / "nope.npy")).prepare(None, None, 4, 0)
+    path, _ = _bb_pattern(tmp_path)
+    with pytest.raises(ValueError, match="expected 00"):
+        make_attack("lf", pattern_file=str(path), pattern_sha256="00").prepare(None, None, 4, 0)
+    grey = np.full((32, 32), 7, dtype=np.uint8)  # BackdoorBench stacks a 2-D pattern into 3 channels
+    assert torch.equal(pattern_from_array(grey, 32) * 255, torch.full((3, 32, 32), 7.0))
+
+
+def test_trigger_record_hashes_key_file_and_trigger_state(tmp_path):
+    """Two runs with different key images get different records; the same key, the same record."""
+    from PIL import Image
+
+    keys = []
+    for i in range(2):
+        img = np.random.default_rng(i).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / f"k{i}.png")
+        keys.append(str(tmp_path / f"k{i}.png"))
+    r0, r0b, r1 = (trigger_record(make_attack("blended", key_image=k)) for k in (keys[0], keys[0], keys[1]))
+    assert r0["files"]["key_image"]["sha256"] == hashlib.sha256(open(keys[0], "rb").read()).hexdigest()
+    assert r0 == r0b and r0["state_sha256"] != r1["state_sha256"]
+    builtin = trigger_record(make_attack("blended"))  # sklearn:china.jpg is no file: its pixels are hashed
+    assert builtin["files"] == {} and len(builtin["state_sha256"]) == 64
