@@ -203,3 +203,13 @@ def test_trigger_record_hashes_key_file_and_trigger_state(tmp_path):
     assert r0 == r0b and r0["state_sha256"] != r1["state_sha256"]
     builtin = trigger_record(make_attack("blended"))  # sklearn:china.jpg is no file: its pixels are hashed
     assert builtin["files"] == {} and len(builtin["state_sha256"]) == 64
+
+
+# ---- Fig. 8's two readings of the FT learning rate ---------------------------------------------
+
+def test_figure8_marks_both_readings_of_the_ft_lr():
+    from figures.figure8 import lr_label
+
+    assert lr_label(0.001, 0.001) == "LR 0.001 (= training LR: Sec. 3.2/4.4)"
+    assert lr_label(0.0001, 0.001) == 'LR 0.0001 (Sec. 5.5\'s "same small LR")'
+    assert lr_label(0.1, 0.001) == "LR 0.1"
