@@ -37,11 +37,12 @@ def main() -> None:
             color = "black" if m == "clean" else MARKERS.get(m, ("o", "gray"))[1]
             ax.plot([x["epoch"] for x in h], [x["asr"] for x in h], color=color, lw=2.0 if m in ("clean", "sft") else 1.2,
                     ls="--" if m == "clean" else "-", marker=".", label="clean model" if m == "clean" else name(m))
-        if drawn:  # a run that drew 0 poisoned images is a control, not a failed re-injection
-            ax.text(0.98, 0.02, f"poisoned images drawn per run: {min(drawn)}-{max(drawn)}", ha="right",
-                    va="bottom", transform=ax.transAxes, fontsize=7)
         ax.set_ylim(-0.03, 1.03)
-        ax.set_title(f"{label(args.attack)}, poison ratio {r}")
+        title = f"{label(args.attack)}, poison ratio {r}"
+        if drawn:  # a run that drew 0 poisoned images is a control, not a failed re-injection
+            span = f"{min(drawn)}" if min(drawn) == max(drawn) else f"{min(drawn)}-{max(drawn)}"
+            title += f"\n{span} poisoned images drawn per run"
+        ax.set_title(title)
         ax.set_xlabel("re-injection epoch")
     axes[0][0].set_ylabel(f"ASR ({label(args.dataset)})")
     handles = next((ax.get_legend_handles_labels() for ax in axes[0] if ax.get_legend_handles_labels()[0]), ([], []))
