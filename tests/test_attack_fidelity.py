@@ -98,6 +98,25 @@ def test_wanet_training_batches_are_warped_then_cropped_and_rotated(monkeypatch)
     assert not torch.equal(warped, clean)
 
 
+def test_inputaware_augment_option_post_augments_its_batches(monkeypatch):
+    """`augment="batch"` (not BackdoorBench's default for InputAware) moves the augmentation after
+    the trigger, as for WaNet: the clean rows of a batch are exactly the cropped, rotated image."""
+    import backdoor.attacks.inputaware as ia_mod
+
+    img = (_x(1) * 255).round().to(torch.uint8)
+    x, y = img.expand(16, -1, -1, -1).clone(), torch.arange(16) % 10
+    monkeypatch.setattr(ia_mod, "augment_draws", lambda n, device, gen: _u(0.0, 0.9, 0.1, 0.0, 0.9, 0.9))
+    torch.manual_seed(0)
+    atk = make_attack("inputaware", width=4, mask_epochs=0, cross_ratio=0.0, augment="batch")
+    model = Recorder(32)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
+    atk.train_backdoor(model, x, y, cfg, ratio=0.25, seed=0)
+    clean = TF.rotate(TF.crop(TF.pad(img.float() / 255, [5]), 9, 1, 32, 32), 8.0)  # no flip: 0.9 >= 0.5
+    assert len(model.seen) == 2
+    for b in model.seen:
+        assert (b[2:] - clean).abs().max() < 1e-6 and (b[:2] - clean).abs().max() > 1e-3
+
+
 # ---- per-batch poisoning at small ratios -----------------------------------------------------
 
 def test_draw_count_poisons_ratio_times_batch_on_average():
