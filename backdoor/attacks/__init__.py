@@ -5,6 +5,7 @@ Train a backdoored model with any of them through `backdoor.attacks.training.tra
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +45,11 @@ def file_sha256(path: str | Path) -> str:
 
 def trigger_record(attack: Attack) -> dict[str, Any]:
     """Which trigger a run used: SHA-256 of each trigger file it was given (by parameter name) and of
-    the trigger state itself (every buffer and parameter, so generated and built-in triggers count too)."""
+    the trigger itself (params + every buffer and parameter: generated and built-in triggers count too)."""
     params = attack.params()
     files = {k: {"path": str(params[k]), "sha256": file_sha256(params[k])}
              for k in TRIGGER_FILE_PARAMS if isinstance(params.get(k), str) and Path(params[k]).is_file()}
-    h = hashlib.sha256()
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())  # BadNets: params only
     for name, t in sorted(attack.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
