@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from backdoor.attacks import make_attack
+from backdoor.attacks import make_attack, trigger_record
 from backdoor.attacks.presets import attack_params as preset_attack_params
 from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
@@ -44,7 +44,8 @@ def train(args: argparse.Namespace) -> None:
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},
-            "attack": {"name": args.attack, "params": attack.params()}, "profile": prof.name, "train": cfg,
+            "attack": {"name": args.attack, "params": attack.params()}, "trigger": trigger_record(attack),
+            "profile": prof.name, "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
     ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
