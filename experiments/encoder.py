@@ -83,11 +83,22 @@ def pretrain(args: argparse.Namespace) -> None:
 
 
 def pick_reference(data: ImageData, target: int, seed: int) -> int:
-    """Index into the downstream test set of one seeded-random image of class `target`."""
-    candidates = (data.y_test == target).nonzero().flatten()
+    """Index into the downstream *training* set of one seeded-random image of class `target`.
+
+    Not the test set: ASR is measured there. `downstream` holds this image out of its training set."""
+    candidates = (data.y_train == target).nonzero().flatten()
     if not len(candidates):
-        raise ValueError(f"the downstream test set has no image of target class {target}")
+        raise ValueError(f"the downstream training set has no image of target class {target}")
     return int(candidates[torch.randperm(len(candidates), generator=torch.Generator().manual_seed(seed))[0]])
+
+
+def without_reference(data: ImageData, reference: dict) -> ImageData:
+    """`data` minus the attacker's reference image when it came from its training split."""
+    if reference.get("split") != "train" or reference.get("dataset") != data.name:
+        return data
+    keep = torch.ones(len(data.x_train), dtype=torch.bool)
+    keep[reference["index"]] = False
+    return replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
 
 
 def shadow_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -113,7 +124,7 @@ def badencoder(args: argparse.Namespace) -> None:
     down = load_data(args.downstream)
     target = TARGETS.get(args.downstream, 0)
     ref_idx = pick_reference(down, target, prof.seed)
-    attack = BadEncoder(target).set_reference(down.x_test[ref_idx : ref_idx + 1]).to(device)
+    attack = BadEncoder(target).set_reference(down.x_train[ref_idx : ref_idx + 1]).to(device)
     enc, cfg = prof.encoder, prof.encoder_config("badencoder")
     shadow = shadow_images(load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train, enc.shadow_size, prof.seed)
     setup(f"badencoder {args.pretrain} -> {args.downstream} ({prof.name})",
@@ -125,7 +136,8 @@ def badencoder(args: argparse.Namespace) -> None:
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": clean_meta["arch"], **prof.stamp(), "pretrain": args.pretrain, "downstream": args.downstream,
             "attack": {"name": attack.name, "params": attack.params()}, "target": target,
-            "reference": {"dataset": args.downstream, "split": "test", "index": ref_idx, "seed": prof.seed},
+            "reference": {"dataset": args.downstream, "split": "train", "index": ref_idx, "seed": prof.seed,
+                          "held_out_of_downstream_training": True},
             "badencoder": cfg, "lambda1": enc.lambda1, "lambda2": enc.lambda2, "shadow": len(shadow),
             "final": history[-1], "alignment_before": before, "alignment": after, "train_seconds": seconds,
             "device": str(device)}
@@ -157,7 +169,7 @@ def downstream(args: argparse.Namespace) -> None:
     cfg = prof.encoder_config("downstream")
     setup(f"downstream {args.pretrain} -> {args.downstream}, mode {args.mode} ({prof.name})",
           {"downstream": cfg, "encoder": ckpt / f"{name}.safetensors", "target": attack.target, "device": device})
-    data = load_data(args.downstream)
+    data = without_reference(load_data(args.downstream), bd_meta["reference"])  # the attacker's image stays out
     torch.manual_seed(prof.seed)
     model = DownstreamClassifier(encoder_model.f, data.num_classes, freeze_encoder=args.mode != "whole").to(device)
     params = list(model.head.parameters()) if model.frozen else None

@@ -126,8 +126,9 @@ def reinject_step(args: argparse.Namespace) -> None:
                   "train": cfg, "epochs_to_asr_0.8": first, **rec})
     if rec["history"]:
         h = rec["history"]
+        drawn = f"; {rec['n_poison_drawn']} poisoned images drawn" if "n_poison_drawn" in rec else ""
         print(f"reinject {args.model} @ {ratio}: ASR {h[0]['asr']:.3f} -> {h[-1]['asr']:.3f}, "
-              f"CA {h[-1]['ca']:.3f}; epochs to ASR>=0.8: {first}")
+              f"CA {h[-1]['ca']:.3f}; epochs to ASR>=0.8: {first}{drawn}")
     else:
         print(f"reinject {args.model} @ {ratio}: skipped ({rec['skipped']})")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from backdoor.attacks import make_attack
+from backdoor.attacks import make_attack, trigger_record
 from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
 from backdoor.models import make_model
@@ -29,8 +29,11 @@ def train(args: argparse.Namespace) -> None:
     prof, device = profile_from(args), resolve_device(args.device)
     if args.key_image and args.attack != "blended":
         raise ValueError(f"--key-image is a Blended setting; attack {args.attack!r} takes no key image")
+    if args.lf_pattern and args.attack != "lf":
+        raise ValueError(f"--lf-pattern is an LF setting; attack {args.attack!r} takes no pattern file")
     cfg = prof.train_config(args.dataset)
-    attack_params = {**prof.attack_kwargs(args.attack), **({"key_image": args.key_image} if args.key_image else {})}
+    attack_params = {**prof.attack_kwargs(args.attack), **({"key_image": args.key_image} if args.key_image else {}),
+                     **({"pattern_file": args.lf_pattern} if args.lf_pattern else {})}
     attack = make_attack(args.attack, **attack_params).to(device)
     setup(f"train {args.dataset}/{args.attack} ({prof.name})",
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
@@ -45,7 +48,8 @@ def train(args: argparse.Namespace) -> None:
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},
-            "attack": {"name": args.attack, "params": attack.params()}, **prof.stamp(), "train": cfg,
+            "attack": {"name": args.attack, "params": attack.params()}, "trigger": trigger_record(attack),
+            **prof.stamp(), "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
     save_poisoned_set(ck / "poison.safetensors", data, info)
@@ -57,8 +61,9 @@ def train(args: argparse.Namespace) -> None:
 def defend(args: argparse.Namespace) -> None:
     """Load a backdoored model, run one defence on the clean training set, save model + results."""
     prof, device = profile_from(args), resolve_device(args.device)
-    if args.key_image:
-        raise ValueError("--key-image is for `train` only; `defend` uses the key stored in the checkpoint")
+    if args.key_image or args.lf_pattern:
+        raise ValueError("--key-image and --lf-pattern are for `train` only; `defend` uses the trigger stored in "
+                         "the checkpoint")
     defense = get_defense(args.defense)
     ckpt = run_dir("checkpoints", prof.name, args.dataset, args.attack) / "backdoor.safetensors"
     model, attack, meta = load_backdoored(ckpt, device)
@@ -121,6 +126,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--defense", help="for `defend`: ft, sft, ...")
     ap.add_argument("--key-image", help="for `train` with blended: the key image (default: scikit-learn's "
                     "china.jpg); stored in the checkpoint")
+    ap.add_argument("--lf-pattern", help="for `train` with lf: a universal pattern file (BackdoorBench's .npy, "
+                    "uint8 32x32x3) instead of generating one; its SHA-256 is recorded")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
     if args.step == "defend" and not args.defense:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional
 import torch.nn as nn
 
 from backdoor.attacks import Attack
+from backdoor.attacks.per_batch import expected_counts
 from backdoor.attacks.training import live_evaluator
 from backdoor.data import ImageData
 from backdoor.poison import check_ratio, poison_train_set
@@ -20,11 +21,12 @@ from backdoor.train import TrainConfig, fit, steps_per_epoch
 Evaluator = Callable[[nn.Module], dict]
 
 
-def num_poisoned(attack: Attack, n: int, ratio: float, cfg: TrainConfig) -> int:
-    """Poisoned images per epoch: round(ratio * n) for baked triggers, per-batch count x steps otherwise."""
+def num_poisoned(attack: Attack, n: int, ratio: float, cfg: TrainConfig) -> float:
+    """Poisoned images per epoch: round(ratio * n) for baked triggers; for per-batch attacks the
+    expected count, ratio x batch x steps below one image per batch (drawn per batch, see per_batch)."""
     check_ratio(ratio)
     if attack.trains_own_loop:
-        return attack.counts(cfg.batch_size, ratio)[0] * steps_per_epoch(n, cfg.batch_size, cfg.drop_last)
+        return expected_counts(attack, cfg.batch_size, ratio)[0] * steps_per_epoch(n, cfg.batch_size, cfg.drop_last)
     return round(ratio * n)
 
 
@@ -33,7 +35,8 @@ def reinject(model: nn.Module, attack: Attack, data: ImageData, cfg: TrainConfig
     """Train `model` in place for `epochs` on `data` poisoned by `attack` at `ratio`; returns the record.
 
     A ratio that poisons no image is reported as skipped (`history` empty) unless `control`
-    is set, which runs the same training on the unpoisoned set (a ratio-0 baseline).
+    is set, which runs the same training on the unpoisoned set (a ratio-0 baseline). Per-batch
+    attacks poison a random number of images; `n_poison_drawn` is how many they really poisoned over all epochs.
     `seed` draws the poisoned images and the batch order; pass one that differs from the
     original attack's so the poisoned set is fresh.
     """
@@ -51,7 +54,8 @@ def reinject(model: nn.Module, attack: Attack, data: ImageData, cfg: TrainConfig
         history = fit(model, data.x_train, data.y_train, cfg, evaluate=ev, desc="reinject (control)")
     elif attack.trains_own_loop:
         # WaNet keeps its warping field; InputAware keeps training its generator, as in its own procedure.
-        history, _ = attack.train_backdoor(model, data.x_train, data.y_train, cfg, ratio, seed, ev)
+        history, info = attack.train_backdoor(model, data.x_train, data.y_train, cfg, ratio, seed, ev)
+        return {**record, "n_poison_drawn": info["poisoned_seen"], "history": history}
     else:
         # The trigger is the loaded one (LF's `prepare` is not re-run: it would draw a new pattern).
         xp, yp, _ = poison_train_set(data.x_train, data.y_train, attack, ratio, seed)

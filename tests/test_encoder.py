@@ -207,7 +207,7 @@ def test_encoder_chain_smoke(tmp_path, monkeypatch):
         ex.main(["downstream", *base, "--downstream", "digits", "--mode", mode])
     rs = tmp_path / "results" / "smoke" / "encoder" / "digits"
     bad = json.loads((rs / "digits" / "badencoder.json").read_text())
-    assert small.y_test[bad["reference"]["index"]] == bad["target"] == 0
+    assert bad["reference"]["split"] == "train" and small.y_train[bad["reference"]["index"]] == bad["target"] == 0
     assert all(-1 <= bad[k][c] <= 1 for k in ("alignment_before", "alignment")
                for c in ("cos_triggered_ref", "cos_clean_ref"))
     for mode in ("classifier", "whole"):

@@ -4,7 +4,12 @@ Train a backdoored model with any of them through `backdoor.attacks.training.tra
 """
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
 from typing import Any
+
+import torch
 
 from .badnets import BadNets
 from .base import Attack
@@ -29,4 +34,26 @@ def make_attack(name: str, **params: Any) -> Attack:
     return ATTACKS[name](**params)
 
 
-__all__ = ["ATTACKS", "Attack", "make_attack"]
+# Constructor arguments that name a trigger file (Blended's key image, LF's BackdoorBench pattern).
+TRIGGER_FILE_PARAMS = ("key_image", "pattern_file")
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def trigger_record(attack: Attack) -> dict[str, Any]:
+    """Which trigger a run used: SHA-256 of each trigger file it was given (by parameter name) and of
+    the trigger itself (params + every buffer and parameter: generated and built-in triggers count too)."""
+    params = attack.params()
+    files = {k: {"path": str(params[k]), "sha256": file_sha256(params[k])}
+             for k in TRIGGER_FILE_PARAMS if isinstance(params.get(k), str) and Path(params[k]).is_file()}
+    h = hashlib.sha256(json.dumps(params, sort_keys=True, default=str).encode())  # BadNets: params only
+    for name, t in sorted(attack.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+    return {"files": files, "state_sha256": h.hexdigest()}
+
+
+__all__ = ["ATTACKS", "Attack", "TRIGGER_FILE_PARAMS", "file_sha256", "make_attack", "trigger_record"]

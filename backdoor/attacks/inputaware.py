@@ -5,13 +5,18 @@ BackdoorBench) make a per-image trigger: x' = x + (G(x) - x) * M(x). Stage 1 tra
 alone (`mask_epochs`, Adam 0.01, betas (0.5, 0.9), LR x0.1 at 40% and 80% of the stage =
 BackdoorBench's milestones 10/20 of 25) for sparsity (mask density 0.032, lambda_norm 100) and
 diversity. Stage 2 trains the classifier with `fit` while G learns with Adam 0.01: per batch,
-int(ratio * B) images get their own trigger and the target label, as many "cross" images
-get the trigger of another image and keep their label, and a diversity loss keeps G's
-patterns as far apart as the images they come from.
+int(ratio * B) images (below one per batch: one with probability ratio * B, see `per_batch`)
+get their own trigger and the target label, as many "cross" images get the trigger of another
+image and keep their label, and a diversity loss keeps G's patterns as far apart as the images
+they come from. Augmentation: BackdoorBench's InputAware loads its training set with the usual
+train transform (crop pad 4, flip on CIFAR10, before the trigger) and never calls WaNet's
+post-poisoning transform (its --random_crop/--random_rotation are parsed, unused), so the
+default `augment="off"` keeps the engine's crop/flip; "batch"/"image" apply WaNet's instead.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -19,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Attack
+from .per_batch import augment_draws, check_augment, draw_count, expected_counts, post_augment
 
 EPS = 1e-7
 
@@ -72,14 +78,17 @@ class InputAware(Attack):
 
     def __init__(self, target: int = 0, width: int = 32, mask_epochs: int = 25, mask_density: float = 0.032,
                  lambda_div: float = 1.0, lambda_norm: float = 100.0, cross_ratio: float = 1.0,
-                 lr_g: float = 0.01, lr_m: float = 0.01):
+                 lr_g: float = 0.01, lr_m: float = 0.01, augment: str = "off", random_crop: int = 5,
+                 random_rotation: float = 10.0):
         super().__init__(target)
+        check_augment(augment)
         if width < 1 or mask_epochs < 0 or not 0 < mask_density < 1 or cross_ratio < 0:
             raise ValueError(f"invalid InputAware settings: width={width}, mask_epochs={mask_epochs}, "
                              f"mask_density={mask_density}, cross_ratio={cross_ratio}")
         self.hp = {"width": width, "mask_epochs": mask_epochs, "mask_density": mask_density,
                    "lambda_div": lambda_div, "lambda_norm": lambda_norm, "cross_ratio": cross_ratio,
-                   "lr_g": lr_g, "lr_m": lr_m}
+                   "lr_g": lr_g, "lr_m": lr_m, "augment": augment, "random_crop": random_crop,
+                   "random_rotation": random_rotation}
         self.generator = Generator(width, 3)
         self.mask_net = Generator(width, 1)
         self.eval()  # apply() uses BN running statistics unless a trainer says otherwise
@@ -96,9 +105,9 @@ class InputAware(Attack):
         p, m = self.pattern_and_mask(source)
         return x + (p - x) * m
 
-    def counts(self, batch: int, ratio: float) -> tuple[int, int]:
-        nb = int(batch * ratio)
-        return nb, min(int(nb * self.hp["cross_ratio"]), (batch - nb) // 2)
+    def cross_count(self, nb: int, batch: int) -> int:
+        """Cross samples next to nb backdoor samples (each needs a second image to lend its trigger)."""
+        return min(int(nb * self.hp["cross_ratio"]), (batch - nb) // 2)
 
     def _adam(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(module.parameters(), lr=lr, betas=(0.5, 0.9))
@@ -134,14 +143,19 @@ class InputAware(Attack):
         self.mask_net.eval().requires_grad_(False)
         return losses
 
-    def batch_hook(self, ratio: float, opt_g: torch.optim.Optimizer) -> tuple[Callable, Callable]:
+    def batch_hook(self, ratio: float, opt_g: torch.optim.Optimizer, seed: int = 0, flip: bool = False,
+                   tally: Optional[dict] = None) -> tuple[Callable, Callable]:
         """fit() hook for stage 2, and a `flush` that applies G's pending Adam step.
+
+        `flip`: the dataset flips (post-augmentation only); `tally["poisoned"]` adds up the
+        backdoor images actually drawn.
 
         fit() backpropagates the classifier loss through the poisoned batch into G, after the
         hook returns; G's step therefore runs at the start of the next hook call (or at
         `flush`), which is the same update as stepping right after backward.
         """
         pending = {"step": False}
+        gen: dict[str, torch.Generator] = {"count": torch.Generator().manual_seed(seed)}
 
         def flush() -> None:
             if pending["step"]:
@@ -151,7 +165,10 @@ class InputAware(Attack):
         def hook(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             flush()
             opt_g.zero_grad(set_to_none=True)
-            nb, nc = self.counts(len(x), ratio)
+            nb = draw_count(len(x), ratio, gen["count"])
+            nc = self.cross_count(nb, len(x))
+            if tally is not None:
+                tally["poisoned"] = tally.get("poisoned", 0) + nb
             src = x.flip(0)[:nc]  # other images of the batch lend their triggers
             p_bd, p_src = self.generator(x[:nb]), self.generator(src)
             with torch.no_grad():  # M is frozen after stage 1
@@ -164,6 +181,11 @@ class InputAware(Attack):
                 (self.hp["lambda_div"] * diversity(x[:k], src[:k], p_bd[:k], p_src[:k])).backward(retain_graph=True)
             pending["step"] = True
             x = torch.cat([x_bd, x_cross, x[nb + nc :]])
+            if self.hp["augment"] != "off":
+                if "aug" not in gen:
+                    gen["aug"] = torch.Generator(device=x.device).manual_seed(seed + 1)
+                u = augment_draws(1 if self.hp["augment"] == "batch" else len(x), x.device, gen["aug"])
+                x = post_augment(x, u, self.hp["random_crop"], self.hp["random_rotation"], flip)
             return x, torch.cat([torch.full_like(y[:nb], self.target), y[nb:]])
 
         return hook, flush
@@ -178,7 +200,9 @@ class InputAware(Attack):
         torch.manual_seed(seed)
         mask_losses = self.train_mask(x_train, cfg, seed)
         opt_g = self._adam(self.generator, self.hp["lr_g"])
-        hook, flush = self.batch_hook(ratio, opt_g)
+        tally: dict[str, int] = {"poisoned": 0}
+        hook, flush = self.batch_hook(ratio, opt_g, seed, cfg.flip, tally)
+        fit_cfg = cfg if self.hp["augment"] == "off" else replace(cfg, crop_pad=0, flip=False)
 
         def evaluate_now(m: nn.Module) -> dict:
             flush()
@@ -188,17 +212,19 @@ class InputAware(Attack):
             return out
 
         self.generator.train()
-        history = fit(model, x_train, y_train, cfg, evaluate=evaluate_now, batch_hook=hook, desc="train inputaware")
+        history = fit(model, x_train, y_train, fit_cfg, evaluate=evaluate_now, batch_hook=hook,
+                      desc="train inputaware")
         flush()
         self.eval()
-        nb, nc = self.counts(cfg.batch_size, ratio)
+        nb, nc = expected_counts(self, cfg.batch_size, ratio)
 
         def cross(xb: torch.Tensor) -> torch.Tensor:
             return self.cross(xb, xb.roll(1, 0))  # each image gets its neighbour's trigger
 
         with torch.no_grad():
             info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed, cross=cross)
-        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc, "mask_losses": mask_losses}
+        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc, "mask_losses": mask_losses,
+                         "poisoned_seen": tally["poisoned"]}
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), **self.hp}

@@ -10,16 +10,21 @@ zero padding) and min-max normalisation into [0, max_value]. BackdoorBench updat
 every image; we average the converged DeepFool steps of `batch` images per update (batch=1
 is their rule), which is 10x fewer sequential steps at the default. The result is cached
 per dataset, width and target under $ARTIFACTS/triggers/ (default artifacts/triggers/).
+`pattern_file=PATH` instead loads one of BackdoorBench's patterns (resource/lowFrequency/
+<dataset>_<model>_0_255.npy: uint8 H x W x 3 on the 0..255 scale, added before the clip, as its
+SimpleAdditiveTrigger does) and records its SHA-256 in `params()`.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -78,7 +83,8 @@ class LF(Attack):
 
     def __init__(self, target: int = 0, size: int = 32, clean_epochs: int = 10, n_images: int = 100,
                  max_passes: int = 50, fool_rate: float = 0.2, overshoot: float = 0.02, df_max_iter: int = 200,
-                 sigma: float = 6.0, taps: int = 30, max_value: float = 0.2, batch: int = 10):
+                 sigma: float = 6.0, taps: int = 30, max_value: float = 0.2, batch: int = 10,
+                 pattern_file: Optional[str] = None, pattern_sha256: Optional[str] = None):
         super().__init__(target)
         if not 0 < max_value <= 1 or sigma <= 0 or taps < 1 or n_images < 1:
             raise ValueError(f"invalid LF settings: max_value={max_value}, sigma={sigma}, taps={taps}, "
@@ -86,6 +92,7 @@ class LF(Attack):
         self.gen_params = {"clean_epochs": clean_epochs, "n_images": n_images, "max_passes": max_passes,
                            "fool_rate": fool_rate, "overshoot": overshoot, "df_max_iter": df_max_iter,
                            "batch": batch, "sigma": sigma, "taps": taps, "max_value": max_value}
+        self.pattern_file, self.pattern_sha256 = pattern_file, pattern_sha256
         self.register_buffer("pattern", torch.zeros(3, size, size))
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,16 +133,34 @@ class LF(Attack):
                              "raise df_max_iter or clean_epochs")
         return v
 
+    def load_pattern_file(self) -> None:
+        """Install BackdoorBench's pattern from `pattern_file`, checking shape and (if given) its SHA-256."""
+        path = Path(self.pattern_file)
+        if not path.is_file():
+            raise FileNotFoundError(f"LF pattern file {path} not found; pass an existing .npy (BackdoorBench's "
+                                    "resource/lowFrequency/<dataset>_<model>_0_255.npy)")
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if self.pattern_sha256 and digest != self.pattern_sha256:
+            raise ValueError(f"LF pattern file {path} has SHA-256 {digest}, expected {self.pattern_sha256}; "
+                             "pass the file the run was made with")
+        self.set_pattern(pattern_from_array(np.load(path, allow_pickle=False), self.pattern.shape[-1], path)
+                         .to(self.pattern.device))
+        self.pattern_sha256 = digest
+
     def cache_path(self, dataset: str, width: int) -> Path:
         root = Path(os.environ.get("ARTIFACTS", "artifacts")) / "triggers"
         return root / f"lf_{dataset}_w{width}_t{self.target}.safetensors"
 
     def prepare(self, data: Any, cfg: Any, width: int, seed: int) -> None:
-        """Load the cached trigger for (dataset, width, target), or train a clean model and generate it."""
+        """Load `pattern_file`, else the cached trigger for (dataset, width, target), else train a clean
+        model and generate it."""
         from backdoor.checkpoint import atomic_write_bytes
         from backdoor.models import make_model
         from backdoor.train import fit
 
+        if self.pattern_file:
+            self.load_pattern_file()
+            return
         path, key = self.cache_path(data.name, width), json.dumps({**self.gen_params, "seed": seed}, sort_keys=True)
         device = self.pattern.device
         if path.is_file():
@@ -158,4 +183,17 @@ class LF(Attack):
         atomic_write_bytes(path, save({"pattern": self.pattern.cpu().contiguous()}, metadata={"params": key}))
 
     def params(self) -> dict[str, Any]:
-        return {**super().params(), "size": self.pattern.shape[-1], **self.gen_params}
+        files = {"pattern_file": self.pattern_file, "pattern_sha256": self.pattern_sha256} if self.pattern_file else {}
+        return {**super().params(), "size": self.pattern.shape[-1], **self.gen_params, **files}
+
+
+def pattern_from_array(a: np.ndarray, size: int, source: Any = "array") -> torch.Tensor:
+    """BackdoorBench's LF array (HxWx3, HxW grey, or a stack: the first) on 0..255 -> float [3,H,W] in 0..1."""
+    if a.ndim == 4:
+        a = a[0]  # BackdoorBench: "take the first one"
+    if a.ndim == 2:
+        a = np.stack((a,) * 3, axis=-1)
+    if a.ndim != 3 or a.shape != (size, size, 3) or not np.isfinite(a).all():
+        raise ValueError(f"LF pattern {source} has shape {a.shape}; need finite values, {size}x{size}x3 "
+                         f"(or {size}x{size}) for {size}x{size} images")
+    return torch.from_numpy(a.astype(np.float32) / 255.0).permute(2, 0, 1).contiguous()

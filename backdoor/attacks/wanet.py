@@ -3,8 +3,12 @@
 Warp field as BackdoorBench v1 builds it: k x k uniform noise in [-1,1], divided by its
 mean |.|, bicubic-upsampled to the image size, added to the identity grid with strength
 s / H, times grid_rescale, clamped to [-1,1]. Training poisons on the fly per batch:
-int(ratio * batch) images are warped and relabelled to the target, int(that * cross_ratio)
-"noise-mode" images get the warp plus fresh random jitter and keep their labels.
+int(ratio * batch) images (below one per batch: one with probability ratio * batch, see
+`per_batch`) are warped and relabelled to the target, int(that * cross_ratio) "noise-mode"
+images get the warp plus fresh random jitter and keep their labels. Then the whole batch goes
+through BackdoorBench's post-poisoning augmentation (crop pad 5, rotation 10 degrees, flip where
+the dataset flips), and the engine's own crop/flip is off, as BackdoorBench loads WaNet's training
+set with the test transform (`augment="off"` restores the engine's crop/flip before the trigger).
 
 Our models take [0,1] images (normalisation lives in the model), so the [0,1] image is
 warped; BackdoorBench warps the normalised tensor, which differs only in the colour of the
@@ -12,6 +16,7 @@ zero padding at the border (the clamp keeps sampling inside the image, so it rar
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Callable, Optional
 
 import torch
@@ -19,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Attack
+from .per_batch import augment_draws, check_augment, draw_count, expected_counts, post_augment
 
 
 def identity_grid(size: int) -> torch.Tensor:
@@ -43,12 +49,16 @@ class WaNet(Attack):
     trains_own_loop = True  # poisons per batch, inside fit's batch_hook
 
     def __init__(self, target: int = 0, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0,
-                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0):
+                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0, augment: str = "batch",
+                 random_crop: int = 5, random_rotation: float = 10.0):
         super().__init__(target)
-        if k < 2 or s < 0 or grid_rescale <= 0 or cross_ratio < 0:
+        check_augment(augment)
+        if k < 2 or s < 0 or grid_rescale <= 0 or cross_ratio < 0 or random_crop < 0 or random_rotation < 0:
             raise ValueError(f"invalid WaNet settings: k={k}, s={s}, grid_rescale={grid_rescale}, "
-                             f"cross_ratio={cross_ratio}")
+                             f"cross_ratio={cross_ratio}, random_crop={random_crop}, "
+                             f"random_rotation={random_rotation}")
         self.k, self.s, self.grid_rescale, self.cross_ratio, self.seed = k, s, grid_rescale, cross_ratio, seed
+        self.augment, self.random_crop, self.random_rotation = augment, random_crop, random_rotation
         self.register_buffer("noise_grid", warp_noise(k, size, seed))
         self.register_buffer("identity_grid", identity_grid(size))
 
@@ -68,21 +78,42 @@ class WaNet(Attack):
         jitter = torch.rand(len(x), *g.shape[1:], device=x.device, generator=gen, dtype=x.dtype) * 2 - 1
         return F.grid_sample(x, (g + jitter / h).clamp(-1, 1), align_corners=True)
 
-    def counts(self, batch: int, ratio: float) -> tuple[int, int]:
-        """(backdoor, cross) samples per batch, BackdoorBench's int() rounding."""
-        nb = int(batch * ratio)
-        return nb, min(int(nb * self.cross_ratio), batch - nb)
+    def cross_count(self, nb: int, batch: int) -> int:
+        """Noise-mode samples next to nb backdoor samples, BackdoorBench's int() rounding."""
+        return min(int(nb * self.cross_ratio), batch - nb)
 
-    def batch_hook(self, ratio: float, seed: int) -> Callable:
-        """fit() hook: the first bd images of each (shuffled) batch go to the target, the next are noise."""
-        gen: dict[str, torch.Generator] = {}
+    def batch_hook(self, ratio: float, seed: int, tally: Optional[dict] = None) -> Callable:
+        """fit() hook: the first bd images of each (shuffled) batch go to the target, the next are noise.
+
+        `tally["poisoned"]` (if given) adds up the backdoor images actually drawn.
+        """
+        gen: dict[str, torch.Generator] = {"count": torch.Generator().manual_seed(seed)}
 
         def hook(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             if "g" not in gen:
                 gen["g"] = torch.Generator(device=x.device).manual_seed(seed)
-            nb, nc = self.counts(len(x), ratio)
+            nb = draw_count(len(x), ratio, gen["count"])
+            nc = self.cross_count(nb, len(x))
+            if tally is not None:
+                tally["poisoned"] = tally.get("poisoned", 0) + nb
             x = torch.cat([self.apply(x[:nb]), self.apply_noise(x[nb : nb + nc], gen["g"]), x[nb + nc :]])
             return x, torch.cat([torch.full_like(y[:nb], self.target), y[nb:]])
+
+        return hook
+
+    def training_hook(self, ratio: float, seed: int, flip: bool, tally: Optional[dict] = None) -> Callable:
+        """`batch_hook` followed by the post-poisoning augmentation of `self.augment` (none for "off")."""
+        poison = self.batch_hook(ratio, seed, tally)
+        if self.augment == "off":
+            return poison
+        gen: dict[str, torch.Generator] = {}
+
+        def hook(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if "g" not in gen:
+                gen["g"] = torch.Generator(device=x.device).manual_seed(seed + 1)
+            x, y = poison(x, y, step)
+            u = augment_draws(1 if self.augment == "batch" else len(x), x.device, gen["g"])
+            return post_augment(x, u, self.random_crop, self.random_rotation, flip), y
 
         return hook
 
@@ -93,14 +124,18 @@ class WaNet(Attack):
         from .training import materialise
 
         self.to(next(model.parameters()).device)
-        history = fit(model, x_train, y_train, cfg, evaluate=evaluate, batch_hook=self.batch_hook(ratio, seed),
-                      desc="train wanet")
-        nb, nc = self.counts(cfg.batch_size, ratio)
+        # BackdoorBench trains WaNet on un-augmented loads; the augmentation follows the trigger
+        fit_cfg = cfg if self.augment == "off" else replace(cfg, crop_pad=0, flip=False)
+        tally: dict[str, int] = {"poisoned": 0}
+        hook = self.training_hook(ratio, seed, cfg.flip, tally)
+        history = fit(model, x_train, y_train, fit_cfg, evaluate=evaluate, batch_hook=hook, desc="train wanet")
+        nb, nc = expected_counts(self, cfg.batch_size, ratio)
         gen = torch.Generator(device=next(self.buffers()).device).manual_seed(seed)
         info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed,
                            cross=lambda xb: self.apply_noise(xb, gen))
-        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc}
+        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc, "poisoned_seen": tally["poisoned"]}
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "k": self.k, "s": self.s, "grid_rescale": self.grid_rescale,
-                "cross_ratio": self.cross_ratio, "size": self.noise_grid.shape[1], "seed": self.seed}
+                "cross_ratio": self.cross_ratio, "size": self.noise_grid.shape[1], "seed": self.seed,
+                "augment": self.augment, "random_crop": self.random_crop, "random_rotation": self.random_rotation}

@@ -1,0 +1,234 @@
+"""Attacks as BackdoorBench runs them: WaNet's post-poisoning augmentation, probabilistic per-batch
+poisoning at small ratios (re-injection at 0.001 / 0.0001), BadEncoder's reference input, trigger files."""
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+import torchvision.transforms.functional as TF
+
+import backdoor.attacks.wanet as wanet_mod
+from backdoor.attacks import make_attack, trigger_record
+from backdoor.attacks.lf import pattern_from_array
+from backdoor.attacks.per_batch import N_DRAWS, crop_shift, draw_count, post_augment, rotate
+from backdoor.data import ImageData
+from backdoor.models import make_model
+from backdoor.poison import bake
+from backdoor.train import TrainConfig
+from sequela.reinject import reinject
+
+
+def _x(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def _u(crop: float, dy: float, dx: float, rot: float, angle: float, flip: float) -> torch.Tensor:
+    return torch.tensor([[crop, dy, dx, rot, angle, flip]])
+
+
+# ---- post-poisoning augmentation ------------------------------------------------------------
+
+def test_rotation_is_torchvisions_random_rotation_exactly():
+    """Catches a wrong sense of rotation, centre or interpolation (BackdoorBench: torchvision, nearest)."""
+    x = _x()
+    for deg in (10.0, -10.0, 7.3, -2.5):
+        assert torch.equal(rotate(x, torch.full((4,), deg)), TF.rotate(x, deg)), deg
+
+
+def test_crop_is_torchvisions_padded_random_crop_exactly():
+    """Catches an off-by-one in the crop window of RandomCrop(32, padding=5)."""
+    x = _x()
+    for dy, dx in ((0, 0), (10, 3), (5, 5), (7, 10)):
+        ref = TF.crop(TF.pad(x, [5]), dy, dx, 32, 32)
+        assert torch.equal(crop_shift(x, torch.full((4,), dy), torch.full((4,), dx), 5), ref), (dy, dx)
+
+
+def test_post_augment_is_crop_then_rotate_then_flip_with_its_probabilities():
+    x = _x()
+    # crop drawn (0.1 < 0.8) at offset (0, 10); rotation drawn (0.2 < 0.5) by (2 * 0.75 - 1) * 10 = 5 deg; flip drawn
+    out = post_augment(x, _u(0.1, 0.0, 0.999, 0.2, 0.75, 0.3), pad=5, degrees=10.0, flip=True)
+    ref = TF.hflip(TF.rotate(TF.crop(TF.pad(x, [5]), 0, 10, 32, 32), 5.0))
+    assert torch.equal(out, ref)
+    # each step skipped: crop 0.8 >= p 0.8, rotation 0.5 >= p 0.5, flip 0.5 >= p 0.5 -> the identity
+    assert torch.equal(post_augment(x, _u(0.8, 0.0, 0.0, 0.5, 1.0, 0.5), 5, 10.0, True), x)
+    # a dataset that does not flip never flips, whatever the draw
+    assert torch.equal(post_augment(x, _u(0.9, 0, 0, 0.9, 0, 0.0), 5, 10.0, False), x)
+
+
+def test_batch_mode_uses_one_draw_for_the_whole_batch():
+    """BackdoorBench applies torchvision's transforms to the batch tensor: one crop/angle/flip per batch."""
+    x = _x(1).expand(6, -1, -1, -1)
+    u = torch.rand(1, N_DRAWS, generator=torch.Generator().manual_seed(3))
+    out = post_augment(x, u, 5, 10.0, True)
+    assert all(torch.equal(out[0], o) for o in out[1:])
+
+
+class Recorder(nn.Module):
+    """A linear classifier that keeps every training batch it sees."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.lin, self.seen = nn.Linear(3 * size * size, 10), []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.detach().clone())
+        return self.lin(x.flatten(1))
+
+
+def test_wanet_training_batches_are_warped_then_cropped_and_rotated(monkeypatch):
+    """The batches WaNet's training really feeds the model: the engine's crop-4 is off (else the
+    rows would move randomly), and every image is cropped at (2, 8) and rotated by -6 deg after the warp."""
+    img = (_x(1) * 255).round().to(torch.uint8)
+    x, y = img.expand(16, -1, -1, -1).clone(), torch.arange(16) % 10
+    monkeypatch.setattr(wanet_mod, "augment_draws", lambda n, device, gen: _u(0.0, 0.2, 0.75, 0.0, 0.2, 0.0))
+    atk = make_attack("wanet", s=2.0, cross_ratio=0.0)
+    model = Recorder(32)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
+    atk.train_backdoor(model, x, y, cfg, ratio=0.25, seed=0)
+    xf = img.float() / 255
+    aug = lambda t: TF.hflip(TF.rotate(TF.crop(TF.pad(t, [5]), 2, 8, 32, 32), -6.0))  # noqa: E731
+    warped, clean = aug(atk.apply(xf)), aug(xf)
+    # training batches only (materialise also bakes, but with no model call)
+    assert len(model.seen) == 2
+    for b in model.seen:
+        assert (b[:2] - warped).abs().max() < 1e-6 and (b[2:] - clean).abs().max() < 1e-6
+    assert not torch.equal(warped, clean)
+
+
+def test_inputaware_augment_option_post_augments_its_batches(monkeypatch):
+    """`augment="batch"` (not BackdoorBench's default for InputAware) moves the augmentation after
+    the trigger, as for WaNet: the clean rows of a batch are exactly the cropped, rotated image."""
+    import backdoor.attacks.inputaware as ia_mod
+
+    img = (_x(1) * 255).round().to(torch.uint8)
+    x, y = img.expand(16, -1, -1, -1).clone(), torch.arange(16) % 10
+    monkeypatch.setattr(ia_mod, "augment_draws", lambda n, device, gen: _u(0.0, 0.9, 0.1, 0.0, 0.9, 0.9))
+    torch.manual_seed(0)
+    atk = make_attack("inputaware", width=4, mask_epochs=0, cross_ratio=0.0, augment="batch")
+    model = Recorder(32)
+    cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
+    atk.train_backdoor(model, x, y, cfg, ratio=0.25, seed=0)
+    clean = TF.rotate(TF.crop(TF.pad(img.float() / 255, [5]), 9, 1, 32, 32), 8.0)  # no flip: 0.9 >= 0.5
+    assert len(model.seen) == 2
+    for b in model.seen:
+        assert (b[2:] - clean).abs().max() < 1e-6 and (b[:2] - clean).abs().max() > 1e-3
+
+
+# ---- per-batch poisoning at small ratios -----------------------------------------------------
+
+def test_draw_count_poisons_ratio_times_batch_on_average():
+    """int(0.001 * 256) = 0 poisoned nothing; BackdoorBench draws one image with probability 0.256."""
+    gen = torch.Generator().manual_seed(0)
+    for ratio, tol in ((0.001, 0.01), (0.0001, 0.004)):  # ~3.2 and ~3.6 standard errors of 20,000 draws
+        mean = sum(draw_count(256, ratio, gen) for _ in range(20000)) / 20000
+        assert abs(mean - ratio * 256) < tol, (ratio, mean)
+    assert {draw_count(256, 0.1, gen) for _ in range(50)} == {25}  # int(25.6), as before
+
+
+def test_wanet_hook_at_ratio_0_001_relabels_what_it_draws():
+    atk = make_attack("wanet", size=8, target=0)
+    tally: dict[str, int] = {}
+    hook = atk.batch_hook(0.001, seed=1, tally=tally)
+    x, y = torch.rand(256, 3, 8, 8), torch.ones(256, dtype=torch.long)
+    relabelled = sum(int((hook(x, y, s)[1] == 0).sum()) for s in range(2000))
+    assert relabelled == tally["poisoned"]
+    assert abs(tally["poisoned"] / 2000 - 0.256) < 0.03, tally  # 3.1 standard errors
+
+
+def test_reinject_wanet_at_ratio_0_001_runs_and_reports_the_drawn_count():
+    """Before: num_poisoned = int(32 * 0.001) * steps = 0, so the run was skipped and the panel empty."""
+    g = torch.Generator().manual_seed(0)
+    data = ImageData("digits", torch.randint(0, 256, (64, 3, 32, 32), dtype=torch.uint8, generator=g),
+                     torch.randint(0, 10, (64,), generator=g), torch.randint(0, 256, (16, 3, 32, 32),
+                     dtype=torch.uint8, generator=g), torch.randint(0, 10, (16,), generator=g), 10)
+    model = make_model("preactresnet18", 10, 4, "digits")
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.01, channels_last=False)
+    rec = reinject(model, make_attack("wanet"), data, cfg, 2, 0.001, seed=1)
+    assert "skipped" not in rec and len(rec["history"]) == 3
+    assert abs(rec["n_poison"] - 0.032 * 2) < 1e-9  # expected per epoch: ratio x batch x steps
+    assert isinstance(rec["n_poison_drawn"], int) and 0 <= rec["n_poison_drawn"] <= 4
+
+
+# ---- BadEncoder's reference input ------------------------------------------------------------
+
+def test_badencoder_reference_comes_from_training_data_and_is_held_out():
+    """Before: the reference was a downstream *test* image, the set ASR is measured on."""
+    import experiments.encoder as ex
+
+    z = torch.zeros(6, 3, 32, 32, dtype=torch.uint8)
+    x_train = torch.arange(6, dtype=torch.uint8)[:, None, None, None].expand(6, 3, 32, 32).clone()
+    data = ImageData("t", x_train, torch.tensor([1, 9, 3, 9, 0, 2]), z, torch.tensor([9, 0, 0, 0, 0, 9]), 10)
+    picks = {ex.pick_reference(data, 9, s) for s in range(20)}
+    assert picks == {1, 3}  # the training images of class 9 (test images 0 and 5 never)
+    held = ex.without_reference(data, {"dataset": "t", "split": "train", "index": 3})
+    assert held.x_train[:, 0, 0, 0].tolist() == [0, 1, 2, 4, 5] and held.y_train.tolist() == [1, 9, 3, 0, 2]
+    assert torch.equal(held.x_test, data.x_test)
+    old = {"dataset": "t", "split": "test", "index": 3}  # checkpoints made before the change
+    assert ex.without_reference(data, old) is data
+
+
+# ---- trigger files -----------------------------------------------------------------------------
+
+def _bb_pattern(tmp_path, shape=(32, 32, 3), seed=0):
+    """A file laid out as BackdoorBench's resource/lowFrequency/*_0_255.npy (uint8, H x W x 3)."""
+    a = np.random.default_rng(seed).integers(0, 52, size=shape, dtype=np.uint8)
+    path = tmp_path / "cifar10_preactresnet18_0_255.npy"
+    np.save(path, a)
+    return path, a
+
+
+def test_lf_uses_backdoorbenchs_pattern_file_exactly(tmp_path, monkeypatch):
+    """Catches an HWC/CHW mix-up or a wrong scale: baked pixels are clip(x + pattern) in uint8."""
+    path, a = _bb_pattern(tmp_path)
+    atk = make_attack("lf", pattern_file=str(path))
+    monkeypatch.setattr(type(atk), "generate", lambda *a, **k: pytest.fail("a pattern file must not be regenerated"))
+    atk.prepare(None, None, width=4, seed=0)
+    x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    ref = (x.int() + torch.from_numpy(a).permute(2, 0, 1).int()).clamp(0, 255)
+    assert torch.equal(bake(atk, x).int(), ref)
+    p = atk.params()
+    assert p["pattern_file"] == str(path) and p["pattern_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    rec = trigger_record(atk)
+    assert rec["files"] == {"pattern_file": {"path": str(path), "sha256": p["pattern_sha256"]}}
+
+
+def test_lf_pattern_file_errors_are_one_line(tmp_path):
+    path, _ = _bb_pattern(tmp_path, shape=(16, 16, 3))
+    with pytest.raises(ValueError, match="shape \\(16, 16, 3\\); need finite values, 32x32x3"):
+        make_attack("lf", pattern_file=str(path)).prepare(None, None, 4, 0)
+    with pytest.raises(FileNotFoundError, match="not found"):
+        make_attack("lf", pattern_file=str(tmp_path / "nope.npy")).prepare(None, None, 4, 0)
+    path, _ = _bb_pattern(tmp_path)
+    with pytest.raises(ValueError, match="expected 00"):
+        make_attack("lf", pattern_file=str(path), pattern_sha256="00").prepare(None, None, 4, 0)
+    grey = np.full((32, 32), 7, dtype=np.uint8)  # BackdoorBench stacks a 2-D pattern into 3 channels
+    assert torch.equal(pattern_from_array(grey, 32) * 255, torch.full((3, 32, 32), 7.0))
+
+
+def test_trigger_record_hashes_key_file_and_trigger_state(tmp_path):
+    """Two runs with different key images get different records; the same key, the same record."""
+    from PIL import Image
+
+    keys = []
+    for i in range(2):
+        img = np.random.default_rng(i).integers(0, 256, size=(40, 40, 3), dtype=np.uint8)
+        Image.fromarray(img).save(tmp_path / f"k{i}.png")
+        keys.append(str(tmp_path / f"k{i}.png"))
+    r0, r0b, r1 = (trigger_record(make_attack("blended", key_image=k)) for k in (keys[0], keys[0], keys[1]))
+    assert r0["files"]["key_image"]["sha256"] == hashlib.sha256(open(keys[0], "rb").read()).hexdigest()
+    assert r0 == r0b and r0["state_sha256"] != r1["state_sha256"]
+    builtin = trigger_record(make_attack("blended"))  # sklearn:china.jpg is no file: its pixels are hashed
+    assert builtin["files"] == {} and len(builtin["state_sha256"]) == 64
+
+
+# ---- Fig. 8's two readings of the FT learning rate ---------------------------------------------
+
+def test_figure8_marks_both_readings_of_the_ft_lr():
+    from figures.figure8 import lr_label
+
+    assert lr_label(0.001, 0.001) == "LR 0.001 (= training LR: Sec. 3.2/4.4)"
+    assert lr_label(0.0001, 0.001) == 'LR 0.0001 (Sec. 5.5\'s "same small LR")'
+    assert lr_label(0.1, 0.001) == "LR 0.1"
