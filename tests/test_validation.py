@@ -173,7 +173,8 @@ def test_key_image_with_another_attack_is_one_line(step, capsys, tmp_path):
     err = step(TRAIN + ["badnets", "--key-image", str(tmp_path / "k.png")], capsys)
     assert err == "error: --key-image is a Blended setting; attack 'badnets' takes no key image"
     err = step(["defend", *TRAIN[1:], "blended", "--defense", "ft", "--key-image", "k.png"], capsys)
-    assert err == "error: --key-image is for `train` only; `defend` uses the key stored in the checkpoint"
+    assert err == ("error: --key-image and --lf-pattern are for `train` only; `defend` uses the trigger stored in "
+                   "the checkpoint")
 
 
 def test_data_dir_that_is_a_file_or_unreadable_is_one_line(tmp_path, monkeypatch):
