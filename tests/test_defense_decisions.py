@@ -12,7 +12,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from backdoor.train import TrainConfig
+from backdoor.train import Clock, TrainConfig
 from defenses import ABLConfig, ACConfig, Budget, DefenseContext, FPConfig, NADConfig, SpectralConfig, get_defense
 from defenses.abl import ascent_epochs, ascent_loss, lowest_loss, per_sample_loss, tuning_loss, unlearn
 from defenses.ac import bb_flags, bb_positions, bb_reduce, bb_smaller, cluster_flags, method_flags
@@ -100,7 +100,7 @@ def test_abl_unlearning_ascends_the_loss_of_the_isolated_set():
     y = torch.zeros(12, dtype=torch.long)
     before = per_sample_loss(model, x, y).mean().item()
     cfg = ABLConfig(variant="method", unlearn=Budget(epochs=3, lr=0.05, batch_size=4))
-    hist = unlearn(model, x, y, cfg, TrainConfig(crop_pad=0), Stages({"epoch": 0}))
+    hist = unlearn(model, x, y, cfg, TrainConfig(crop_pad=0), Stages({"epoch": 0}, Clock(torch.device("cpu"))))
     after = per_sample_loss(model, x, y).mean().item()
     assert len(hist) == 4 and after > before + 0.1
     assert ascent_loss(FixedLogits(torch.zeros(1, 2)), x[:1], y[:1]).item() == pytest.approx(-np.log(2), abs=1e-6)
