@@ -53,8 +53,8 @@ class TrainConfig:
             raise ValueError(f"unknown schedule {self.schedule!r}; choose one of: constant, cosine")
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adam")
-        if self.epochs < 1:  # 0 epochs would hand back the untrained model as if trained
-            raise ValueError(f"TrainConfig.epochs must be >= 1, got {self.epochs}")
+        if self.epochs < 0:
+            raise ValueError(f"TrainConfig.epochs must be >= 0, got {self.epochs}")
         if self.batch_size < 1 or self.lr < 0 or self.eval_every < 1:
             raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}, "
                              f"eval_every={self.eval_every}")
@@ -169,6 +169,7 @@ def fit(
     loss_fn: Optional[LossFn] = None,
     clock: Optional[Clock] = None,
     desc: str = "train",
+    allow_zero_epochs: bool = False,
 ) -> list[dict]:
     """Train `model` in place with SGD (or Adam, `cfg.optimizer`) on uint8 images x [N,3,H,W] and labels y.
 
@@ -178,7 +179,11 @@ def fit(
     `params` restricts the optimised parameters (default: all); `loss_fn(net, x, y)`
     replaces cross-entropy. Each record also holds `device_seconds`, the cumulative charge of
     `clock` (default: one started here) after that epoch, so a caller can charge any budget.
+    0 epochs are refused (they would hand back the untrained model as if trained) unless
+    `allow_zero_epochs`: a defence stage configured to 0 epochs (detection only) is then just evaluated.
     """
+    if cfg.epochs < 1 and not allow_zero_epochs:
+        raise ValueError(f"fit: epochs must be >= 1, got {cfg.epochs} (0 would return the model untrained)")
     device = device_of(model)
     clock = clock or Clock(device)
     evaluate = clock.monitor(evaluate)

@@ -115,7 +115,7 @@ class Stages:
     def run(self, stage: str, model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig,
             **kw) -> list[dict]:
         """`fit` one stage and append its epochs (its epoch 0 is the previous stage's end)."""
-        hist = fit(model, x, y, cfg, desc=stage, clock=self.clock, **kw)
+        hist = fit(model, x, y, cfg, desc=stage, clock=self.clock, allow_zero_epochs=True, **kw)
         base = self.history[-1]["epoch"]
         # A 0-epoch stage still changes the result when its model is a fresh one: keep its row.
         self.history += [{**r, "epoch": base + r["epoch"], "stage": stage} for r in hist[1:] or hist]

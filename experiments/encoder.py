@@ -12,6 +12,7 @@ artifacts/{checkpoints,results}/<profile>/encoder/<pretrain>/[<downstream>/].
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import torch

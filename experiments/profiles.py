@@ -97,6 +97,9 @@ class Profile:
         if bad or self.reinject_epochs < 1 or self.mia_epochs < 1:
             raise ValueError(f"profile {self.name!r}: re-injection ratios must be in (0, 1] (got {bad}), "
                              f"reinject_epochs and mia_epochs >= 1")
+        if self.finetune_epochs < 1 or self.attack_train.epochs < 1:
+            raise ValueError(f"profile {self.name!r}: finetune_epochs and attack_train.epochs must be >= 1 "
+                             f"(got {self.finetune_epochs}, {self.attack_train.epochs})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"profile {self.name!r}: precision {self.precision!r}; choose one of: "
                              f"{', '.join(PRECISIONS)}")

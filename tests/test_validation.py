@@ -24,7 +24,7 @@ from backdoor.attacks.training import train_backdoored
 from backdoor.checkpoint import atomic_write_bytes
 from backdoor.models import make_model
 from backdoor.poison import check_ratio, poison_indices
-from backdoor.train import TrainConfig
+from backdoor.train import TrainConfig, fit
 from experiments import common, standalone
 from experiments.profiles import PROFILES
 
@@ -139,9 +139,14 @@ def test_cli_numbers_below_one_are_refused_before_any_work(module, flag, value, 
     assert not (tmp_path / "lr.json").exists()
 
 
-def test_train_config_with_zero_epochs_is_refused():
-    with pytest.raises(ValueError, match="TrainConfig.epochs must be >= 1, got 0"):
-        TrainConfig(epochs=0)
+def test_training_for_zero_epochs_is_refused():
+    # Catches: fit handing back the untrained model as if trained (a defence's 0-epoch stage opts in).
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 2))
+    x, y = torch.zeros(4, 3, 4, 4, dtype=torch.uint8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"fit: epochs must be >= 1, got 0 \(0 would return the model untrained\)"):
+        fit(model, x, y, TrainConfig(epochs=0, crop_pad=0))
+    with pytest.raises(ValueError, match="TrainConfig.epochs must be >= 0, got -1"):
+        TrainConfig(epochs=-1)
 
 
 @pytest.mark.parametrize("ratio", ["abc", None, float("nan"), 1.5, True])

@@ -171,7 +171,7 @@ class LF(Attack):
             log.info("LF cache %s was made with other settings; regenerating", path)
         torch.manual_seed(seed)
         model = make_model("preactresnet18", data.num_classes, width, data.name).to(device)
-        if self.gen_params["clean_epochs"]:  # 0: an untrained clean model (TrainConfig refuses 0 epochs)
+        if self.gen_params["clean_epochs"]:  # 0: an untrained clean model (fit refuses 0 epochs)
             fit(model, data.x_train, data.y_train, replace(cfg, epochs=self.gen_params["clean_epochs"], seed=seed),
                 desc="LF clean model")
         gen = torch.Generator().manual_seed(seed)
