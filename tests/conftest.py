@@ -1,6 +1,7 @@
 """Shared fixtures: the embedded digits data, and the real smoke-profile CLI chain, each built once per session."""
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -9,9 +10,10 @@ from typing import Any
 import pytest
 
 from backdoor.data import ImageData, load_dataset
-import defenses.spectral as spectral_lib
-import sequela.reinject as reinject_lib
 from experiments import common, profiles, sequela, standalone, transfer
+
+# By module path: `defenses.spectral` the attribute is the defence function, not its module.
+spectral_lib, reinject_lib = importlib.import_module("defenses.spectral"), importlib.import_module("sequela.reinject")
 
 # The CLI chain's re-injection runs this many epochs instead of the smoke profile's 15: the CLI test checks
 # wiring exactly (counts, lengths, the starting model), the re-injection claim is tested on the library call.

@@ -28,5 +28,5 @@ def test_ft_at_a_small_constant_lr_leaves_the_backdoor(smoke_chain):
     smoke_chain.defend("ft")
     smoke_chain.defend("sft")
     ft, sft = smoke_chain.result("ft.json")["final"], smoke_chain.result("sft.json")["final"]
-    assert ft["asr"] >= 0.5 and ft["asr"] >= sft["asr"] + 0.3, (ft, sft)
+    assert ft["asr"] >= 0.3 and ft["asr"] >= sft["asr"] + 0.25, (ft, sft)
     assert ft["ca"] >= 0.85, ft
