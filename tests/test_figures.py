@@ -169,3 +169,14 @@ def test_bench_runs_tiny(monkeypatch, capsys):
     bench.main()
     text = capsys.readouterr().out
     assert "64 images" in text and "speed-up:" in text and "one SFT epoch over 64 images" in text
+
+
+def test_figure5_places_each_defence_at_its_final_row(results, tmp_path, monkeypatch):
+    # Catches a reader that returns the undefended point (or the first row) for every defence.
+    out = tmp_path / "f5.png"
+    fig, = _draw(monkeypatch, "figures.figure5", *FIGURES["figure5"](str(results)), "--out", str(out))
+    pts = {c.get_label(): tuple(float(v) for v in c.get_offsets()[0]) for c in fig.axes[0].collections}
+    run = results / "digits" / "badnets"
+    for d, label in (("backdoor", "Undefended"), ("sft", "SFT"), ("ft", "FT"), ("spectral", "Spectral")):
+        f = json.loads((run / f"{d}.json").read_text())["final"]
+        assert pts[label] == (f["ca"], f["asr"]), label
