@@ -1,16 +1,90 @@
-"""Shared fixtures: the embedded digits data, loaded once per session into a temp cache."""
+"""Shared fixtures: the embedded digits data, and the real smoke-profile CLI chain, each built once per session."""
 from __future__ import annotations
+
+import importlib
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from backdoor.data import load_dataset
+from backdoor.data import ImageData, load_dataset
+from experiments import common, profiles, sequela, standalone, transfer
+
+# By module path: `defenses.spectral` the attribute is the defence function, not its module.
+spectral_lib, reinject_lib = importlib.import_module("defenses.spectral"), importlib.import_module("sequela.reinject")
+
+# The CLI chain's re-injection runs this many epochs instead of the smoke profile's 15: the CLI test checks
+# wiring exactly (counts, lengths, the starting model), the re-injection claim is tested on the library call.
+CLI_REINJECT_EPOCHS = 2
+# Functions whose calls (args, result) the chain records, so tests check what a step really computed on.
+SPIED = ((sequela, "mia_split"), (reinject_lib, "poison_train_set"), (spectral_lib, "spectral_detect"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "slow: longer than the CI budget; excluded from `make test`; run with `pytest -m slow`")
+    config.addinivalue_line("markers", "slow: longer than the CI budget; excluded from `make test`; run with `make test-slow`")
 
 
 @pytest.fixture(scope="session")
-def digits(tmp_path_factory: pytest.TempPathFactory):
+def digits(tmp_path_factory: pytest.TempPathFactory) -> ImageData:
     """The digits dataset (cached in a session temp dir, never in the user's data/)."""
     return load_dataset("digits", data_dir=tmp_path_factory.mktemp("data"))
+
+
+class SmokeChain:
+    """The real `python -m experiments.*` steps (in process) on digits/BadNets, profile smoke, artifacts in a
+    session temp dir; each distinct step runs once per session, whichever test asks for it first."""
+
+    def __init__(self, root: Path, data: ImageData):
+        self.root, self.data, self.done = root, data, set()
+        self.calls: dict[str, list[tuple[tuple, Any]]] = {name: [] for _, name in SPIED}
+        self.profile = replace(profiles.get_profile("smoke"), reinject_epochs=CLI_REINJECT_EPOCHS)
+
+    def run(self, module: Any, *argv: str) -> None:
+        """`module.main(argv + smoke/cpu flags)` once; later calls with the same argv do nothing."""
+        key = (module.__name__, argv)
+        if key in self.done:
+            return
+        data = {"digits": self.data}
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(common, "ARTIFACTS", self.root)
+            mp.setitem(profiles.PROFILES, "smoke", self.profile)
+            for mod in (standalone, sequela, transfer):  # each binds load_data by name
+                mp.setattr(mod, "load_data", lambda name: data[name])
+            for mod, name in SPIED:
+                mp.setattr(mod, name, self._spy(name, getattr(mod, name)))
+            module.main([*argv, "--profile", "smoke", "--device", "cpu"])
+        self.done.add(key)
+
+    def _spy(self, name: str, fn: Any) -> Any:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            out = fn(*args, **kwargs)
+            self.calls[name].append((args, out))
+            return out
+        return wrapped
+
+    def train(self) -> None:
+        self.run(standalone, "train", "--dataset", "digits", "--attack", "badnets")
+
+    def defend(self, defense: str) -> None:
+        self.train()
+        self.run(standalone, "defend", "--dataset", "digits", "--attack", "badnets", "--defense", defense)
+
+    def result(self, *parts: str) -> dict[str, Any]:
+        """A results JSON under results/smoke/digits/badnets/."""
+        return json.loads(self.results_dir.joinpath(*parts).read_text())
+
+    @property
+    def results_dir(self) -> Path:
+        return self.root / "results" / "smoke" / "digits" / "badnets"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.root / "checkpoints" / "smoke" / "digits" / "badnets"
+
+
+@pytest.fixture(scope="session")
+def smoke_chain(tmp_path_factory: pytest.TempPathFactory, digits: ImageData) -> SmokeChain:
+    """One smoke BadNets model and its defended copies, shared by the end-to-end, CLI, sequela and transfer tests."""
+    return SmokeChain(tmp_path_factory.mktemp("artifacts"), digits)

@@ -118,7 +118,7 @@ def test_badencoder_trigger_and_reference():
     x = torch.zeros(1, 3, 32, 32)
     out = attack.apply(x)
     assert out[0, :, 21:31, 21:31].eq(1).all() and out.sum() == 3 * 100  # rows/cols 21-30, 1 px margin
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="reference must be uint8"):
         attack.set_reference(torch.zeros(2, 3, 32, 32, dtype=torch.uint8))
 
 
@@ -190,7 +190,7 @@ def test_pick_reference_is_a_seeded_target_image():
     data = ImageData("t", torch.zeros(6, 3, 32, 32, dtype=torch.uint8), y, torch.zeros(6, 3, 32, 32, dtype=torch.uint8), y, 10)
     picks = {ex.pick_reference(data, 9, s) for s in range(20)}
     assert picks == {1, 3, 4} and ex.pick_reference(data, 9, 5) == ex.pick_reference(data, 9, 5)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="no image of target class 7"):
         ex.pick_reference(data, 7, 0)
 
 

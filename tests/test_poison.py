@@ -6,7 +6,7 @@ import torch
 
 from backdoor.attacks import make_attack
 from backdoor.metrics import attack_success_rate
-from backdoor.poison import poison_indices, poison_train_set, poisoned_test_set
+from backdoor.poison import bake, poison_indices, poison_train_set, poisoned_test_set
 
 
 @pytest.mark.parametrize("n,ratio", [(1400, 0.1), (50000, 0.1), (39209, 0.1), (1000, 0.0001), (1000, 0.0), (7, 1.0)])
@@ -21,11 +21,16 @@ def test_indices_depend_on_seed_only():
     assert not torch.equal(poison_indices(1000, 0.1, 3), poison_indices(1000, 0.1, 4))
 
 
-def test_target_class_images_can_be_drawn():
-    # BackdoorBench draws from all training images, target class included.
-    y = torch.arange(1000) % 10
-    idx = poison_indices(1000, 0.5, 0)
-    assert (y[idx] == 0).sum() > 0
+def test_target_class_images_are_drawn_triggered_and_keep_their_label(digits):
+    # BackdoorBench draws from all training images, target class included (README). Catches a selection that
+    # skips the target class: the poisoned set must use exactly the label-blind draw, which holds label-0 images.
+    atk = make_attack("badnets", target=0)
+    xp, yp, idx = poison_train_set(digits.x_train, digits.y_train, atk, 0.1, seed=0)
+    assert torch.equal(idx, poison_indices(len(digits.x_train), 0.1, seed=0))
+    own = idx[digits.y_train[idx] == 0]
+    assert len(own) > 0 and (yp[own] == 0).all() and (xp[own][:, :, 29:, 29:] == 255).all()
+    # and the relabelled ones are exactly the chosen non-target images
+    assert torch.equal((yp != digits.y_train).nonzero().flatten(), idx[digits.y_train[idx] != 0])
 
 
 @pytest.mark.parametrize("ratio", [-0.1, 1.5])
@@ -50,7 +55,10 @@ def test_poison_train_set_relabels_and_triggers_only_chosen(digits):
 def test_poisoned_test_set_holds_only_non_target(digits):
     atk = make_attack("badnets", target=3)
     xb, yb = poisoned_test_set(digits.x_test, digits.y_test, atk)
-    assert len(xb) == int((digits.y_test != 3).sum()) and (yb != 3).all()
+    keep = digits.y_test != 3
+    assert len(xb) == int(keep.sum()) and torch.equal(yb, digits.y_test[keep])
+    # Catches an ASR set of untriggered images: each is its clean image with the 3x3 patch stamped.
+    assert torch.equal(xb, bake(atk, digits.x_test[keep])) and (xb[:, :, 29:, 29:] == 255).all()
 
 
 def test_asr_excludes_target_class_images():

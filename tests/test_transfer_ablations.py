@@ -13,6 +13,7 @@ from backdoor.checkpoint import save_model
 from backdoor.data import ImageData
 from backdoor.metrics import make_transfer_evaluator, transfer_attack_success_rate
 from backdoor.models import make_model
+from backdoor.poison import bake
 from backdoor.train import steps_per_epoch
 from defenses import DefenseContext, get_defense
 from experiments import ablations, common, sweeps, transfer
@@ -229,3 +230,23 @@ def test_bad_names_fail_in_one_line(tiny):
         transfer.main(["run", "--profile", "smoke", "--downstream", "digits5to9", "--attack", "clean"])
     with pytest.raises(SystemExit, match="unknown profile"):
         ablations.main(["--profile", "nope", "--dataset", "digits", "--attack", "badnets", "--points", "ft_lr0.1"])
+
+
+# ---------------------------------------------------------------- on the session's real backdoored model
+
+
+def test_transfer_run_starts_from_the_backdoored_model_with_a_fresh_seeded_head(smoke_chain, monkeypatch):
+    # Catches `transfer run` without the head swap (the pre-trained head predicts digits 5-9 as 5-9, CA 0),
+    # with an unseeded head, or from another checkpoint: epoch 0 is exactly the swapped backdoored model.
+    smoke_chain.train()
+    smoke_chain.run(transfer, "run", "--downstream", "digits5to9", "--attack", "badnets", "--defense", "ft")
+    r = json.loads((smoke_chain.root / "results" / "smoke" / "transfer" / "digits5to9" / "badnets" / "ft.json")
+                   .read_text())
+    monkeypatch.setattr(transfer, "load_data", lambda name: smoke_chain.data)
+    down = transfer.load_downstream("digits5to9")
+    model, attack, _ = common.load_backdoored(smoke_chain.checkpoints_dir / "backdoor.safetensors", torch.device("cpu"))
+    transfer.swap_head(model, 5, SMOKE.seed)
+    ev = make_transfer_evaluator(down.x_test, down.y_test, {"badnets": bake(attack, down.x_test)}, 5)
+    out, keys = ev(model), ("ca", "asr_badnets", "asr_class_badnets")
+    assert {k: out[k] for k in keys} == {k: r["history"][0][k] for k in keys}
+    assert len(r["history"]) == sweeps.get_sweeps("smoke").transfer_epochs + 1 and r["final"]["ca"] > 0.9
