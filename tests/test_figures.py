@@ -52,7 +52,7 @@ def results(smoke_chain, tmp_path_factory) -> Path:
         for name, rec in (("ft", ft), ("sft", sft)):
             _write(root / "transfer" / "digits5to9" / a / f"{name}.json", tr(rec["history"]))
     # Fig. 7-9: each ablation point that has its own file, with an FT/SFT history of the right length.
-    sw = sweeps.get_sweeps("smoke")
+    sw = SMOKE.sweeps
     for fig in (7, 8, 9):
         for p in sweeps.figure_points(fig, SMOKE, sw):
             path = run / sweeps.point_file(p, SMOKE, sw)

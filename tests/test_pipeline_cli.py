@@ -9,7 +9,6 @@ import torch
 from backdoor.poison import poison_indices
 from conftest import CLI_REINJECT_EPOCHS
 from defenses.finetune import sft_lr_trace
-from defenses.presets import defense_params
 from experiments import sequela, standalone
 from experiments.common import evaluator_for, load_backdoored
 from experiments.profiles import get_profile
@@ -68,7 +67,7 @@ def test_baseline_defence_sees_the_adversarys_poisoned_set(smoke_chain):
     # backdoored model was trained on.
     assert torch.equal(y_seen, y) and not torch.equal(y_seen, smoke_chain.data.y_train)
     assert (x_seen[idx][:, :, 29:, 29:] == 255).all()
-    assert cfg == defense_params("smoke")["spectral"]
+    assert cfg == get_profile("smoke").defenses["spectral"]
     expected = sum(round(cfg.removal_factor * cfg.eps * int(n)) for n in torch.bincount(y, minlength=10))
     assert r["num_flagged"] == len(flagged) == expected
     hits = int(torch.isin(flagged, idx).sum())

@@ -15,13 +15,14 @@ from backdoor.data import load_dataset
 from experiments import ablations, encoder, report, sequela, standalone, transfer
 from experiments import common
 from experiments.profiles import PROFILES
-from experiments.sweeps import SWEEPS
 
 SPEC = report.load_spec()
 SMOKE = PROFILES["smoke"]
 # The smoke profile cut to seconds: width 4, one attack, 1 training epoch, 2 FT/SFT epochs, one ratio.
 TINY = replace(SMOKE, width=4, attacks=("badnets",), attack_train=replace(SMOKE.attack_train, epochs=1),
-               finetune_epochs=2, reinject_epochs=2, reinject_ratios=(0.1,), mia_epochs=2)
+               finetune_epochs=2, reinject_epochs=2, reinject_ratios=(0.1,), mia_epochs=2,
+               encoder=replace(SMOKE.encoder, downstream=replace(SMOKE.encoder.downstream, epochs=1)),
+               sweeps=replace(SMOKE.sweeps, transfer_epochs=1, sft_epochs=1))
 WRITERS = (standalone, sequela, transfer, encoder, ablations)
 
 
@@ -31,11 +32,7 @@ def real_results(tmp_path_factory):
     root, data_dir = tmp_path_factory.mktemp("artifacts"), tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PROFILES, "smoke", TINY)
-        enc = encoder.PROFILES["smoke"]
-        mp.setitem(encoder.PROFILES, "smoke", replace(enc, downstream=replace(enc.downstream, epochs=1)))
-        mp.setitem(SWEEPS, "smoke", replace(SWEEPS["smoke"], transfer_epochs=1, sft_epochs=1))
         mp.setattr(common, "ARTIFACTS", root)
-        mp.setattr(encoder, "ARTIFACTS", root)
         for mod in WRITERS:
             mp.setattr(mod, "load_data", lambda name: load_dataset(name, data_dir=data_dir))
         base = ["--profile", "smoke", "--device", "cpu"]
