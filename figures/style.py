@@ -49,6 +49,9 @@ def figure_args(doc: str | None, *names: str) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=doc)
     ap.add_argument("--results", required=True, help="results directory, e.g. artifacts/results/<profile>")
     for name in names:
-        ap.add_argument(f"--{name}", required=True)
+        if name == "set":  # the profile overrides, space-separated key=value; none by default
+            ap.add_argument("--set", default="", help="profile overrides, e.g. 'finetune_epochs=5'")
+        else:
+            ap.add_argument(f"--{name}", required=True)
     ap.add_argument("--out", required=True, help="PNG path; a PDF is written beside it")
     return ap.parse_args()

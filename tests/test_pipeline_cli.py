@@ -62,7 +62,7 @@ def test_baseline_defence_sees_the_adversarys_poisoned_set(smoke_chain):
     smoke_chain.defend("spectral")
     r = smoke_chain.result("spectral.json")
     _, y, idx = _poisoned(smoke_chain)
-    (_, x_seen, y_seen, cfg), flagged = smoke_chain.calls["spectral_detect"][-1]
+    (_, x_seen, y_seen, cfg, *_), flagged = smoke_chain.calls["spectral_detect"][-1]
     # Catches a `load_poisoned_set` that returns the clean labels or images: Spectral must inspect what the
     # backdoored model was trained on.
     assert torch.equal(y_seen, y) and not torch.equal(y_seen, smoke_chain.data.y_train)

@@ -249,4 +249,4 @@ def test_transfer_run_starts_from_the_backdoored_model_with_a_fresh_seeded_head(
     ev = make_transfer_evaluator(down.x_test, down.y_test, {"badnets": bake(attack, down.x_test)}, 5)
     out, keys = ev(model), ("ca", "asr_badnets", "asr_class_badnets")
     assert {k: out[k] for k in keys} == {k: r["history"][0][k] for k in keys}
-    assert len(r["history"]) == sweeps.get_sweeps("smoke").transfer_epochs + 1 and r["final"]["ca"] > 0.9
+    assert len(r["history"]) == get_profile("smoke").sweeps.transfer_epochs + 1 and r["final"]["ca"] > 0.9
