@@ -42,15 +42,21 @@ def sidecar_path(path: Path | str) -> Path:
 
 def environment() -> dict[str, Any]:
     """Versions and machine facts recorded beside every result."""
-    try:
-        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                             timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        sha = None
+    sha, dirty = _git("rev-parse", "--short", "HEAD"), _git("status", "--porcelain", "--untracked-files=no")
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
-    return {"torch": torch.__version__, "python": platform.python_version(), "git": sha, "device": device,
+    return {"torch": torch.__version__, "python": platform.python_version(), "git": sha or None,
+            "git_dirty": None if sha is None else bool(dirty), "device": device, "host": platform.node(),
             "written": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "slurm_job_id": os.environ.get("SLURM_JOB_ID")}
+
+
+def _git(*args: str) -> Optional[str]:
+    """`git args` output in the current directory, or None outside a repository (or without git)."""
+    try:
+        out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

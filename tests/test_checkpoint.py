@@ -210,3 +210,25 @@ def test_wrong_architecture_or_class_count_fails_clearly(where, classes, width):
     tensors, _ = load_checkpoint(path)
     with pytest.raises(CheckpointError, match="does not fit this architecture"):
         load_state_into(make_model("preactresnet18", classes, width=width), split(tensors, "model"))
+
+
+def test_environment_records_the_commit_whether_the_tree_was_dirty_and_the_host(tmp_path, monkeypatch):
+    # Catches a provenance block that drops the dirty flag (results from uncommitted code look committed).
+    import platform
+    import subprocess
+    from backdoor.checkpoint import environment
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(repo), *a], check=True, capture_output=True)  # noqa: E731
+    git("init", "-q")
+    (repo / "f").write_text("a")
+    git("add", "f")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
+    monkeypatch.chdir(repo)
+    clean = environment()
+    (repo / "f").write_text("b")
+    dirty = environment()
+    assert clean["git"] and clean["git_dirty"] is False and dirty["git_dirty"] is True
+    assert clean["host"] == platform.node()
+    monkeypatch.chdir(tmp_path)
+    assert environment()["git"] is None and environment()["git_dirty"] is None
