@@ -58,7 +58,8 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adam")
         if self.epochs < 0:
             raise ValueError(f"TrainConfig.epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1 or self.lr < 0 or self.eval_every < 1 or (self.max_steps or 1) < 1:
+        capped_to_zero = self.max_steps is not None and self.max_steps < 1
+        if self.batch_size < 1 or self.lr < 0 or self.eval_every < 1 or capped_to_zero:
             raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}, "
                              f"eval_every={self.eval_every}, max_steps={self.max_steps}")
 
