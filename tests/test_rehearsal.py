@@ -112,3 +112,59 @@ def test_a_cap_at_or_above_an_epoch_changes_nothing():
     assert all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
     with pytest.raises(ValueError, match="max_steps=0"):
         TrainConfig(max_steps=0)
+
+
+SLICE_FIGS = ("figure1 figure4 summary table1 figure5 figure6 figure3 figure7 figure8 figure9 figure2 figure10 "
+              "figure11")
+# One dataset per scenario, one attack, one point per sweep axis beside the full-set one: every figure type.
+SLICE_SET = ("sweeps.fractions=0.1,1.0 sweeps.ft_lrs=0.001 sweeps.lr_max1s=0.1 sweeps.downstream=cifar10 "
+             "reinject_ratios=0.1 encoder.pretrain_sets=cifar10 encoder.downstream_sets=stl10")
+
+
+@pytest.mark.slow
+def test_ci_slice_of_the_rehearsal_writes_every_figure_type(tmp_path):
+    """Catches a step of `make all PROFILE=rehearsal` that breaks on the real on-disk formats (fakes, 500 images)
+    or a figure type that no longer builds; ~61 processes, over the 3-minute CI budget, hence slow."""
+    data, art = tmp_path / "data", tmp_path / "art"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["make", "--no-print-directory", f"A={art}"]
+    subprocess.run(common + ["fake-data", f"FAKE_DIR={data}", "FAKE_N=500"], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
+    run = subprocess.run(common + ["-j", "2", f"FIGS={SLICE_FIGS}", "figure-files", "PROFILE=rehearsal",
+                                   "DATASETS=cifar10", "ATTACKS=badnets", "T1_ATTACKS=badnets", f"SET={SLICE_SET}",
+                                   f"DATA_DIR={data}"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    (figdir,) = (art / "figures").iterdir()  # rehearsal+<hash of SLICE_SET>
+    pngs = sorted(p.stem for p in figdir.glob("*.png"))
+    assert pngs == sorted(f for f in SLICE_FIGS.split() if f != "summary")
+    assert all((figdir / f"{p}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    summary = (art / "results" / figdir.name / "summary.txt").read_text()
+    assert "cifar10" in summary and "badnets" in summary
+
+
+class _Counting(nn.Module):
+    """A linear classifier that counts the images it is shown."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.seen = _tiny(), 0
+
+    def forward(self, x):
+        self.seen += len(x)
+        return self.fc(x)
+
+
+def test_nc_trigger_search_and_ssl_loop_obey_the_cap():
+    """Catches a stage loop of its own (NC's search, SimCLR/BadEncoder's run_epochs) that ignores max_steps."""
+    from backdoor.ssl import run_epochs
+    from defenses.nc import NCConfig, reverse_engineer
+
+    x = torch.randint(0, 256, (40, 3, 4, 4), dtype=torch.uint8)
+    train = TrainConfig(crop_pad=0, max_steps=2)
+    model = _Counting()
+    reverse_engineer(model, x, 0, NCConfig(epochs=3, batch_size=8, early_stop_patience=99), train)
+    assert model.seen == 3 * 2 * 8  # 3 epochs x 2 capped batches of 8 (uncapped: 3 x 40)
+    net = _Counting()
+    run_epochs(net, x, replace(train, epochs=2, batch_size=8),
+               lambda xb, gen: (net(xb).square().mean(), {}), list(net.parameters()))
+    assert net.seen == 2 * 2 * 8
