@@ -19,7 +19,7 @@ export ARTIFACTS = $(A)
 SET      ?=
 SETFLAGS  = $(foreach s,$(SET),--set $(s))
 PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
-# Goals that only start a sub-make with their own PROFILE (demo: demo, all: paper) resolve SET there.
+# Goals that only start a sub-make with their own PROFILE (demo: demo, all: $(PROFILE), default paper) resolve SET there.
 DISPATCH := $(if $(MAKECMDGOALS),$(if $(filter-out all demo demo-full test help clean-demo bench,$(MAKECMDGOALS)),,1),1)
 ifeq ($(strip $(SET))$(DISPATCH),)
 PDIR     := $(PROFILE)
