@@ -47,8 +47,8 @@ class TrainConfig:
     seed: int = 0
     optimizer: str = "sgd"  # "sgd" or "adam" (Adam: default betas, momentum unused; encoder downstream)
     eval_every: int = 1  # evaluate after every n-th epoch and the last (epoch 0 always)
-    # Batches per epoch at most (None: every batch). Only the rehearsal profile caps: it runs every
-    # code path at full data size on a CPU box, where one full epoch per stage alone takes core-hours.
+    # Batches per epoch at most (None: every batch). For rehearsals that run every code path at full
+    # data size on a CPU box, where even one full epoch per stage takes core-hours; never for results.
     max_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
