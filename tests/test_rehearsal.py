@@ -15,6 +15,9 @@ from backdoor.train import TrainConfig, fit, steps_per_epoch
 from experiments.profiles import PROFILES
 
 ROOT = Path(__file__).resolve().parents[1]
+# A fresh top-level make, also under `make test` (whose MAKEFLAGS/MAKELEVEL would leak into it).
+MAKE_ENV = {**{k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}},
+            "OMP_NUM_THREADS": "1"}
 
 
 def normalised_steps(text: str, profile: str) -> list[str]:
@@ -33,7 +36,7 @@ def step_diff(a: list[str], b: list[str]) -> list[str]:
 @pytest.fixture(scope="module")
 def dry_runs() -> dict[str, list[str]]:
     """`make -n -B all` per profile, both at once (each make reads profile fields through Python: ~30 s)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = MAKE_ENV
     procs = {p: subprocess.Popen(["make", "-n", "-B", "all", f"PROFILE={p}"], cwd=ROOT, env=env, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for p in ("paper", "rehearsal")}
     out = {p: proc.communicate()[0] for p, proc in procs.items()}
@@ -126,7 +129,7 @@ def test_ci_slice_of_the_rehearsal_writes_every_figure_type(tmp_path):
     """Catches a step of `make all PROFILE=rehearsal` that breaks on the real on-disk formats (fakes, 500 images)
     or a figure type that no longer builds; ~61 processes, over the 3-minute CI budget, hence slow."""
     data, art = tmp_path / "data", tmp_path / "art"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = MAKE_ENV
     common = ["make", "--no-print-directory", f"A={art}"]
     subprocess.run(common + ["fake-data", f"FAKE_DIR={data}", "FAKE_N=500"], cwd=ROOT, env=env, check=True,
                    capture_output=True)
