@@ -4,7 +4,7 @@
 #   make test                 the test suite (CPU)
 #   make figure4 PROFILE=quick
 #   make figure4 PROFILE=quick SET="finetune_epochs=5 sft.lr_max1=0.3"   overrides -> artifacts of quick+<hash>
-#   make all                  every figure that exists, paper profile (GPU + datasets)
+#   make all                  every figure that exists, PROFILE (default paper: GPU + datasets)
 
 PYTHON   ?= python3
 VENV     := .venv
@@ -19,7 +19,7 @@ export ARTIFACTS = $(A)
 SET      ?=
 SETFLAGS  = $(foreach s,$(SET),--set $(s))
 PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
-# Goals that only start a sub-make with their own PROFILE (demo: demo, all: paper) resolve SET there.
+# Goals that only start a sub-make with their own PROFILE (demo: demo, all: $(PROFILE), default paper) resolve SET there.
 DISPATCH := $(if $(MAKECMDGOALS),$(if $(filter-out all demo demo-full test help clean-demo bench,$(MAKECMDGOALS)),,1),1)
 ifeq ($(strip $(SET))$(DISPATCH),)
 PDIR     := $(PROFILE)
@@ -105,7 +105,7 @@ demo_make = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(MAKE) --no-print-directory 
 demo_dir  = $(if $(strip $(SET)),$$($(PY) -m experiments.profiles demo name $(SETFLAGS)),demo)
 
 all: $(STAMP)
-	@+$(MAKE) --no-print-directory PROFILE=paper FIGS="$(ALL_FIGURES)" figure-files
+	@+$(MAKE) --no-print-directory PROFILE=$(PROFILE) FIGS="$(ALL_FIGURES)" figure-files
 
 demo: $(STAMP)
 	@+$(demo_make) FIGS="figure1 figure4 summary" figure-files

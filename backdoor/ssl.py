@@ -147,7 +147,7 @@ def run_epochs(module: nn.Module, x: torch.Tensor, cfg: TrainConfig, step: Step,
     if use_channels_last(cfg, device):
         module.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, params)
-    spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last)
+    spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last, cfg.max_steps)
     history = [{"epoch": 0, "seconds": 0.0, **(evaluate() if evaluate else {})}]
     bar = tqdm(range(1, cfg.epochs + 1), desc=desc, disable=None, leave=False)
     for epoch in bar:

@@ -47,6 +47,9 @@ class TrainConfig:
     seed: int = 0
     optimizer: str = "sgd"  # "sgd" or "adam" (Adam: default betas, momentum unused; encoder downstream)
     eval_every: int = 1  # evaluate after every n-th epoch and the last (epoch 0 always)
+    # Batches per epoch at most (None: every batch). For rehearsals that run every code path at full
+    # data size on a CPU box, where even one full epoch per stage takes core-hours; never for results.
+    max_steps: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.schedule not in ("constant", "cosine"):
@@ -55,9 +58,10 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}; choose one of: sgd, adam")
         if self.epochs < 0:
             raise ValueError(f"TrainConfig.epochs must be >= 0, got {self.epochs}")
-        if self.batch_size < 1 or self.lr < 0 or self.eval_every < 1:
+        capped_to_zero = self.max_steps is not None and self.max_steps < 1
+        if self.batch_size < 1 or self.lr < 0 or self.eval_every < 1 or capped_to_zero:
             raise ValueError(f"invalid TrainConfig: epochs={self.epochs}, batch={self.batch_size}, lr={self.lr}, "
-                             f"eval_every={self.eval_every}")
+                             f"eval_every={self.eval_every}, max_steps={self.max_steps}")
 
 
 def default_device() -> torch.device:
@@ -65,9 +69,10 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
-    """Optimizer steps in one pass over n images."""
-    return max(1, n // batch_size) if drop_last else math.ceil(n / batch_size)
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True, max_steps: Optional[int] = None) -> int:
+    """Optimizer steps in one pass over n images, at most `max_steps` (TrainConfig.max_steps)."""
+    spe = max(1, n // batch_size) if drop_last else math.ceil(n / batch_size)
+    return spe if max_steps is None else min(spe, max_steps)
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: Optional[torch.Generator] = None) -> torch.Tensor:
@@ -190,9 +195,9 @@ def fit(
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x, y = x.to(device), y.to(device)
-    spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last)
+    spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last, cfg.max_steps)
     # torch 2.14's CPU backward in channels_last corrupts the heap on odd batch sizes: NCHW there.
-    last = len(x) - (spe - 1) * cfg.batch_size if not cfg.drop_last else cfg.batch_size
+    last = min(cfg.batch_size, len(x) - (spe - 1) * cfg.batch_size) if not cfg.drop_last else cfg.batch_size
     use_cl = cfg.channels_last and (device.type == "cuda" or (cfg.batch_size % 2 == 0 and last % 2 == 0))
     if use_cl:
         model = model.to(memory_format=torch.channels_last)

@@ -85,7 +85,7 @@ def super_finetune(ctx: DefenseContext) -> DefenseResult:
     clock = Clock(device_of(ctx.model))
     sft = ctx.params.get("sft", SFTConfig())
     cfg = replace(ctx.train, lr=sft.lr_base)
-    spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last)
+    spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last, cfg.max_steps)
 
     def scheduler(opt: torch.optim.Optimizer, spe_: int) -> SuperFineTuningLR:
         return SuperFineTuningLR(opt, sft, spe_)

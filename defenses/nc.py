@@ -61,7 +61,7 @@ def reverse_engineer(model: nn.Module, x: torch.Tensor, target: int, cfg: NCConf
     theta_p = torch.ones(1, 3, *x.shape[2:], device=device, requires_grad=True)
     opt = torch.optim.Adam([theta_m, theta_p], lr=cfg.lr, betas=(0.5, 0.9))
     gen = torch.Generator(device=device).manual_seed(cfg.seed + target)
-    spe = steps_per_epoch(len(x), cfg.batch_size, drop_last=False)
+    spe = steps_per_epoch(len(x), cfg.batch_size, drop_last=False, max_steps=train.max_steps)
     cost, up, down, up_flag, down_flag = cfg.init_cost, 0, 0, False, False
     best, best_norm, es_best, es_count = None, float("inf"), float("inf"), 0
     for _ in range(cfg.epochs):
@@ -80,7 +80,7 @@ def reverse_engineer(model: nn.Module, x: torch.Tensor, target: int, cfg: NCConf
             opt.step()
             hits += (logits.argmax(1) == target).sum()
             norm_sum += norm.detach()
-        acc, norm = hits.item() / len(x), norm_sum.item() / spe
+        acc, norm = hits.item() / min(len(x), spe * cfg.batch_size), norm_sum.item() / spe  # images seen
         if acc >= cfg.success_threshold and norm < best_norm:
             best, best_norm = (_squash(theta_m).detach(), _squash(theta_p).detach()), norm
         if best is not None:  # NC's early stop, once a valid trigger exists

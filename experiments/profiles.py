@@ -5,6 +5,7 @@
   short budgets, for one GPU in well under an hour.
 - demo:  embedded `digits`, narrow net, CPU, a few minutes (`make demo`).
 - smoke: the tests' budget.
+- rehearsal: `paper`'s every step at real data sizes, tiny budgets, 2 batches per epoch (`make rehearsal`, fake data).
 
 A Profile holds the attack presets, the baseline defences' configs, the sweep points (Fig. 3,
 7-9) and the encoder scenario's settings; a profile lacking one fails when it is defined.
@@ -277,6 +278,25 @@ PROFILES: dict[str, Profile] = {
                      charge_epochs={"sft": 2}),
 }
 
+# rehearsal: `paper`'s whole pipeline (every dataset, attack, defence, sweep point, ratio, figure) at real data
+# sizes with the smallest budgets that run every code path, on the fake data (`make rehearsal`). Even 1 epoch per
+# stage at full size is tens of core-hours on 2 CPU cores (3.9e7 image-passes at ~200 img/s), so every stage
+# also stops after REHEARSAL_STEPS batches per epoch (TrainConfig.max_steps); its numbers mean nothing.
+REHEARSAL_STEPS = 2
+_rehearse = dict(epochs=1, max_steps=REHEARSAL_STEPS)
+PROFILES["rehearsal"] = replace(
+    PROFILES["paper"], name="rehearsal", width=4,
+    attack_train=replace(PAPER, lr=0.01, schedule="cosine", cosine_t_max=1, **_rehearse),
+    finetune_epochs=2, sft=SFTConfig(phase1_epochs=1, half_cycle_epochs=0.25), reinject_epochs=1, mia_epochs=1,
+    attack_params={**_DEFAULT_ATTACKS, "inputaware": {"width": 8, "mask_epochs": 1},
+                   "lf": {"clean_epochs": 1, "max_passes": 1, "df_max_iter": 50}},
+    defenses=_scaled(1, (1, 1, 1, 1), (1, 1, 1), 1, 0.05, 256, 256),
+    sweeps=SweepConfig(**_PAPER_SWEEPS, transfer_epochs=1, ft_epochs=2, fractions=PROFILES["paper"].sweeps.fractions),
+    encoder=replace(_PAPER_ENCODER, width=4, simclr=replace(SIMCLR, **_rehearse),
+                    badencoder=replace(BADENCODER, **_rehearse),
+                    downstream=replace(DOWNSTREAM, batch_size=256, **_rehearse), shadow_size=1024),
+    charge_epochs={"sft": 1})
+
 
 def get_profile(name: str) -> Profile:
     """Look up a profile; unknown names fail with the list of valid ones."""
@@ -362,7 +382,7 @@ def _get(obj: Any, path: list[str]) -> Any:
 
 def add_profile_args(ap: argparse.ArgumentParser) -> None:
     """--profile (default paper, as in Make) and repeatable --set key=value."""
-    ap.add_argument("--profile", default="paper", help="paper, quick, demo, smoke")
+    ap.add_argument("--profile", default="paper", help=", ".join(PROFILES))
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a profile setting, e.g. finetune_epochs=5 or sft.lr_max1=0.3 (repeatable)")
 

@@ -26,7 +26,8 @@ def num_poisoned(attack: Attack, n: int, ratio: float, cfg: TrainConfig) -> floa
     expected count, ratio x batch x steps below one image per batch (drawn per batch, see per_batch)."""
     check_ratio(ratio)
     if attack.trains_own_loop:
-        return expected_counts(attack, cfg.batch_size, ratio)[0] * steps_per_epoch(n, cfg.batch_size, cfg.drop_last)
+        spe = steps_per_epoch(n, cfg.batch_size, cfg.drop_last, cfg.max_steps)
+        return expected_counts(attack, cfg.batch_size, ratio)[0] * spe
     return round(ratio * n)
 
 

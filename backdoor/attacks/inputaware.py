@@ -122,7 +122,7 @@ class InputAware(Attack):
         opt = self._adam(self.mask_net, self.hp["lr_m"])
         n_ep = self.hp["mask_epochs"]
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, [math.ceil(0.4 * n_ep), math.ceil(0.8 * n_ep)], 0.1)
-        spe, losses = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last), []
+        spe, losses = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last, cfg.max_steps), []
         self.mask_net.train()
         for _ in range(n_ep):
             total = torch.zeros((), device=device)
