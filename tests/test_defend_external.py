@@ -288,7 +288,8 @@ def test_image_folder_converts_exactly_once_and_trigger_folder_matches_trigger(f
 
 def test_make_defend_passes_the_flags():
     # make/defend.mk alone, with the Makefile's variables stubbed: the full Makefile runs Python at parse time.
-    make = ["make", "-n", "-f", str(ROOT / "make" / "defend.mk"), "RUN=RUN", "STAMP=", "PROFILE=paper", "A=artifacts"]
+    make = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "make" / "defend.mk"), "RUN=RUN", "STAMP=",
+            "PROFILE=paper", "A=artifacts"]
     out = subprocess.run(make + ["defend", "MODEL=m.pt", "DATA=digits", "TRIGGER=badnets", "FRACTION=0.2"],
                          capture_output=True, text=True).stdout
     assert out.strip() == ("RUN experiments.defend --model m.pt --data digits --defense sft --profile paper "
