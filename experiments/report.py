@@ -253,19 +253,16 @@ def check_compare(p: dict, scope: Scope, results: Results) -> Outcome:
     todo = runs(scope, p["scope"], p.get("dataset"), p.get("attacks"))
     if not todo:
         return NOT_IN_PROFILE, f"profile {scope.name} runs none of {', '.join(p.get('attacks') or ['these'])}"
-    passed, fails = [], []
-    for run in todo:
+
+    def judge(run: dict) -> Optional[tuple[bool, str]]:
         a = side(p["left"], run, results)
         b = side(p["right"], run, results) if "right" in p else p["value"]
         if a is None or b is None:
-            continue
-        ok = OPS[p["op"]](a, b + p.get("offset", 0.0))
-        passed.append(ok)
-        if not ok:
-            fails.append(f"{run['name']} {a:.3f} vs {b + p.get('offset', 0.0):.3f}")
-    if not passed:
-        return "not run", f"no results for {len(todo)} case(s)"
-    return tally(passed, len(todo), p.get("share", 1.0), "cases", fails)
+            return None
+        b += p.get("offset", 0.0)
+        return OPS[p["op"]](a, b), f"{a:.3f} vs {b:.3f}"
+
+    return judge_runs(todo, judge, p, "no results")
 
 
 def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
@@ -316,23 +313,34 @@ def check_ablation(p: dict, scope: Scope, results: Results) -> Outcome:
     if scope.sweeps is None:
         return "not run", f"profile {scope.name} has no sweep sizes"
     points = figure_points(p["fig"], scope.profile, scope.sweeps)
-    todo, passed, fails = runs(scope, "standalone", attacks=p.get("attacks")), [], []
+    todo = runs(scope, "standalone", attacks=p.get("attacks"))
     if not todo:
         return NOT_IN_PROFILE, f"profile {scope.name} runs none of {', '.join(p.get('attacks') or ['these'])}"
-    for run in todo:
+
+    def judge(run: dict) -> Optional[tuple[bool, str]]:
         vals = [point_value(results, run, pt, scope, p["field"], p.get("epoch")) for pt in points]
         if any(v is None for v in vals):
-            continue
+            return None
         if p["mode"] == "range":
-            ok, text = max(vals) - min(vals) <= p["max_range"], f"range {max(vals) - min(vals):.3f}"
-        else:
-            ok = OPS[p["op"]](vals[0], vals[-1])
-            text = f"{points[0].name} {vals[0]:.3f}, {points[-1].name} {vals[-1]:.3f}"
-        passed.append(ok)
-        if not ok:
-            fails.append(f"{run['name']} {text}")
+            return max(vals) - min(vals) <= p["max_range"], f"range {max(vals) - min(vals):.3f}"
+        return OPS[p["op"]](vals[0], vals[-1]), f"{points[0].name} {vals[0]:.3f}, {points[-1].name} {vals[-1]:.3f}"
+
+    return judge_runs(todo, judge, p, "no complete sweep")
+
+
+def judge_runs(todo: list[dict], judge: Callable[[dict], Optional[tuple[bool, str]]], p: dict,
+               missing: str) -> Outcome:
+    """Tally `judge(run)` ((ok, text), or None when the run's results are missing) over the runs."""
+    passed, fails = [], []
+    for run in todo:
+        verdict = judge(run)
+        if verdict is None:
+            continue
+        passed.append(verdict[0])
+        if not verdict[0]:
+            fails.append(f"{run['name']} {verdict[1]}")
     if not passed:
-        return "not run", f"no complete sweep for {len(todo)} case(s)"
+        return "not run", f"{missing} for {len(todo)} case(s)"
     return tally(passed, len(todo), p.get("share", 1.0), "cases", fails)
 
 
