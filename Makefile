@@ -46,9 +46,10 @@ SLURM_TIME ?= 24:00:00
 SLURMFLAGS = --partition "$(SLURM_PARTITION)" --slurm-gpus $(SLURM_GPUS) --cpus $(SLURM_CPUS) --mem "$(SLURM_MEM)" \
   --time $(SLURM_TIME) --log-dir $(A)/logs/$(basename $(@:$(A)/%=%))
 $(if $(filter-out local slurm,$(LAUNCHER)),$(error LAUNCHER=$(LAUNCHER): choose one of local slurm))
-LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS) --slots $(A)/.slots)
-# --target $@: the step locks its output, so a second `make` of the same step at once waits, then skips.
-RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ \
+LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS))
+# --target $@: the step locks its output (lock files in $(A)/.locks), so a second `make` of the same step
+# at once waits, then skips.
+RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ --locks $(A)/.locks \
   $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
 # A failing call (an unknown PROFILE, a bad SET) yields !error; Make then stops at once with the one-line reason.

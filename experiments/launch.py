@@ -4,17 +4,19 @@
 
 Make prefixes every step with $(RUN) (see the Makefile): LAUNCHER, GPUS and SLURM_* choose where it runs.
 local: the step runs in this process; with --gpus, it first takes a free GPU from a pool of file locks
-(one lock per GPU under --slots), so `make -j 8 GPUS=0,...,7` keeps one step on each GPU.
+(one lock per GPU under --locks), so `make -j 8 GPUS=0,...,7` keeps one step on each GPU.
 slurm: the step is submitted with submitit and waited for; a failed or cancelled job fails the command
 and removes --target, so Make sees the step as not done and a rerun submits it again.
-Both: with --target, the step holds a lock on its output (.<name>.lock beside it), so a second `make`
-running the same step at the same time waits, then skips it once the first run has written the file.
+Both: with --target, the step holds a lock on its output (under --locks, never beside the output, so a
+failed step leaves nothing in its folder), so a second `make` running the same step at the same time
+waits, then skips it once the first run has written the file.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import logging
 import os
 import runpy
@@ -58,12 +60,12 @@ def run_module(module: str, args: Sequence[str]) -> None:
 
 
 @contextlib.contextmanager
-def gpu_slot(gpus: Sequence[str], slots: Path, poll_s: float = 1.0) -> Iterator[str]:
+def gpu_slot(gpus: Sequence[str], locks: Path, poll_s: float = 1.0) -> Iterator[str]:
     """Hold the lock of a free GPU among `gpus` (waiting while all are taken) and yield its id."""
-    slots.mkdir(parents=True, exist_ok=True)
+    locks.mkdir(parents=True, exist_ok=True)
     while True:
         for gpu in gpus:
-            f = open(slots / f"gpu{gpu}.lock", "w")
+            f = open(locks / f"gpu{gpu}.lock", "w")
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -83,8 +85,14 @@ def _mtime(path: Path) -> int | None:
     return None
 
 
+def output_lock_path(target: Path, locks: Path) -> Path:
+    """The lock file of `target`: one per resolved output path, in `locks` (not beside the output)."""
+    key = hashlib.sha1(str(target.resolve()).encode()).hexdigest()[:16]
+    return locks / f"out-{key}-{target.name}.lock"
+
+
 @contextlib.contextmanager
-def output_lock(target: Path | None) -> Iterator[bool]:
+def output_lock(target: Path | None, locks: Path) -> Iterator[bool]:
     """Hold the lock of `target` while the step runs; yield True if another run wrote `target` while this
     one waited for the lock (the step is then done and should be skipped)."""
     if target is None:
@@ -92,7 +100,10 @@ def output_lock(target: Path | None) -> Iterator[bool]:
         return
     before = _mtime(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.with_name(f".{target.name}.lock"), "w") as f:  # closing the file releases the lock
+    locks.mkdir(parents=True, exist_ok=True)
+    # The lock file is never deleted: unlinking it while another run waits on it would let a third take
+    # a fresh lock on a new inode at the same time.
+    with open(output_lock_path(target, locks), "w") as f:  # closing the file releases the lock
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
             waited = False
@@ -103,12 +114,12 @@ def output_lock(target: Path | None) -> Iterator[bool]:
         yield waited and _mtime(target) not in (None, before)
 
 
-def launch_local(module: str, args: Sequence[str], gpus: Sequence[str] = (), slots: Path = Path()) -> None:
+def launch_local(module: str, args: Sequence[str], gpus: Sequence[str] = (), locks: Path = Path()) -> None:
     """Run the step here; with `gpus`, on one GPU of the pool (CUDA_VISIBLE_DEVICES set to it)."""
     if not gpus:
         run_module(module, args)
         return
-    with gpu_slot(gpus, slots) as gpu:
+    with gpu_slot(gpus, locks) as gpu:
         os.environ["CUDA_VISIBLE_DEVICES"] = gpu
         log.info("GPU %s: %s %s", gpu, module, " ".join(args))
         run_module(module, args)
@@ -215,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--launcher", default="local", help=f"one of: {', '.join(LAUNCHERS)}")
     ap.add_argument("--gpus", default="", help="local: comma-separated GPU ids shared by concurrent steps")
-    ap.add_argument("--slots", type=Path, default=Path("artifacts/.slots"), help="local: where the GPU locks live")
+    ap.add_argument("--locks", type=Path, default=Path("artifacts/.locks"),
+                    help="where the lock files live (one per GPU, one per --target)")
     ap.add_argument("--log-dir", type=Path, default=Path("artifacts/logs"), help="slurm: the job's log folder")
     ap.add_argument("--target", type=Path, help="the step's output file: locked while the step runs (a concurrent "
                     "run of the same step waits, then skips); slurm: removed if the job fails")
@@ -234,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the step configures the root logger itself
-    with output_lock(a.target) as done:
+    with output_lock(a.target, a.locks) as done:
         if done:
             log.info("%s was built by another run while this one waited; skipping", a.target)
             return
@@ -244,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 def run_step(a: argparse.Namespace, module: str, args: Sequence[str]) -> None:
     """Run the step with the launcher and resources parsed into `a`."""
     if a.launcher == "local":
-        launch_local(module, args, [g for g in a.gpus.split(",") if g], a.slots)
+        launch_local(module, args, [g for g in a.gpus.split(",") if g], a.locks)
         return
     signal.signal(signal.SIGTERM, _raise_on_sigterm)
     spec = SlurmSpec(a.partition, a.slurm_gpus, a.cpus, a.mem, a.time)

@@ -30,7 +30,7 @@ def test_local_step_keeps_its_exit_status_and_no_gpu_pinning_without_gpus(tmp_pa
 
 
 def test_gpu_pool_gives_concurrent_steps_distinct_gpus(tmp_path):
-    procs = [launch(tmp_path, "--gpus", "0,1", "--slots", str(tmp_path / "slots"), sleep=1.5) for _ in range(3)]
+    procs = [launch(tmp_path, "--gpus", "0,1", "--locks", str(tmp_path / "locks"), sleep=1.5) for _ in range(3)]
     runs = []
     for p in procs:
         out, err = p.communicate(timeout=60)

@@ -231,8 +231,8 @@ def test_concurrent_runs_of_one_step_wait_then_skip(tmp_path):
     (tmp_path / "fake_step.py").write_text(STEP)
     env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"}
     target, runs = tmp_path / "out" / "result.json", tmp_path / "runs.txt"
-    cmd = [sys.executable, "-m", "experiments.launch", "--target", str(target), "--", "fake_step", str(target),
-           str(runs)]
+    cmd = [sys.executable, "-m", "experiments.launch", "--target", str(target), "--locks", str(tmp_path / "locks"),
+           "--", "fake_step", str(target), str(runs)]
     first = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not runs.exists():  # the first holds the lock once its step has started
@@ -241,6 +241,7 @@ def test_concurrent_runs_of_one_step_wait_then_skip(tmp_path):
     second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert first.wait(timeout=120) == 0 and second.returncode == 0, second.stderr
     assert runs.read_text() == "run\n" and target.read_text() == "done"  # the step ran once
+    assert list(target.parent.iterdir()) == [target]  # the lock lives under --locks, not beside the output
     assert "was built by another run while this one waited; skipping" in second.stderr
     third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and runs.read_text() == "run\nrun\n"  # no one waiting: a rerun runs
