@@ -6,7 +6,7 @@ import matplotlib.pyplot as plt
 
 from experiments.profiles import resolve
 from experiments.sweeps import figure_points, read_point
-from figures.style import figure_args, label, save, style_panel, use_style
+from figures.style import figure_args, label, plot_final_rows, save, style_panel, use_style
 
 
 def main() -> None:
@@ -16,12 +16,9 @@ def main() -> None:
     datasets, attacks, points = args.datasets.split(), args.attacks.split(), figure_points(7, prof, sw)
     use_style()
     fig, axes = plt.subplots(2, len(datasets), figsize=(3.8 * len(datasets), 5.6), squeeze=False, sharey=True)
+    plot_final_rows(axes, datasets, attacks, [p.fraction for p in points],
+                    lambda d, a: [read_point(args.results, d, a, p, prof, sw)[-1] for p in points])
     for j, d in enumerate(datasets):
-        for a in attacks:
-            final = [read_point(args.results, d, a, p, prof, sw)[-1] for p in points]
-            for i, metric in enumerate(("asr", "ca")):
-                axes[i][j].plot([p.fraction for p in points], [r[metric] for r in final], marker="o", lw=1.4,
-                                label=label(a))
         for i, metric in enumerate(("ASR", "CA")):
             ax = axes[i][j]
             style_panel(ax, f"{label(d)}: {metric}", "fraction of the fine-tuning set", metric if j == 0 else None)

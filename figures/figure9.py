@@ -9,7 +9,7 @@ import matplotlib.pyplot as plt
 
 from experiments.profiles import resolve
 from experiments.sweeps import figure_points, read_point
-from figures.style import figure_args, label, save, style_panel, use_style
+from figures.style import figure_args, label, plot_final_rows, save, style_panel, use_style
 
 
 def main() -> None:
@@ -20,11 +20,9 @@ def main() -> None:
     xs = range(len(points))  # evenly spaced: the LR values are categories here
     use_style()
     fig, axes = plt.subplots(2, len(datasets), figsize=(3.8 * len(datasets), 6.0), squeeze=False, sharey=True)
+    plot_final_rows(axes, datasets, attacks, xs,
+                    lambda d, a: [read_point(args.results, d, a, p, prof, sw)[-1] for p in points])
     for j, d in enumerate(datasets):
-        for a in attacks:
-            final = [read_point(args.results, d, a, p, prof, sw)[-1] for p in points]
-            for i, metric in enumerate(("asr", "ca")):
-                axes[i][j].plot(xs, [r[metric] for r in final], marker="o", lw=1.4, label=label(a))
         for i, metric in enumerate(("ASR", "CA")):
             ax = axes[i][j]
             xlabel = f"LR_MAX1\n(SFT on {sw.small_fraction:.0%} of the fine-tuning set)"

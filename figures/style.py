@@ -55,3 +55,13 @@ def figure_args(doc: str | None, *names: str) -> argparse.Namespace:
             ap.add_argument(f"--{name}", required=True)
     ap.add_argument("--out", required=True, help="PNG path; a PDF is written beside it")
     return ap.parse_args()
+
+
+def plot_final_rows(axes, datasets: list[str], attacks: list[str], xs, finals) -> None:
+    """Final ASR (row 0) and CA (row 1) of a sweep's points: one column per dataset, one line per attack;
+    `finals(dataset, attack)` gives the final records of the points in the order of `xs`."""
+    for j, d in enumerate(datasets):
+        for a in attacks:
+            final = finals(d, a)
+            for i, metric in enumerate(("asr", "ca")):
+                axes[i][j].plot(xs, [r[metric] for r in final], marker="o", lw=1.4, label=label(a))
