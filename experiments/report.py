@@ -18,6 +18,7 @@ import os
 import re
 import statistics
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -437,12 +438,21 @@ def git_state() -> str:
     return sha.stdout.strip() + (" (dirty: uncommitted changes)" if dirty.stdout.strip() else " (clean)")
 
 
+def precision_read(recs: list[dict]) -> str:
+    """The precision the results say they ran in (`Profile.stamp`), with counts when they disagree."""
+    names = {"bf16": "bf16 autocast", "fp32": "fp32"}
+    # A null precision is a result that ran no model (Fig. 1's LR trace); a missing one predates the field.
+    counts = Counter(names.get(r.get("precision"), "not recorded") for r in recs
+                     if "precision" not in r or r["precision"] is not None)
+    if len(counts) <= 1:
+        return next(iter(counts), "not recorded (no results)")
+    return "mixed: " + ", ".join(f"{name} ({n} files)" for name, n in sorted(counts.items()))
+
+
 def provenance(scope: Scope, results: Results) -> dict[str, str]:
     recs = results.read()
     devices = sorted({str(r["device"]) for r in recs if r.get("device")})
-    cuda = any("cuda" in d for d in devices)
-    bf16 = any((r.get("finetune") or r.get("train") or {}).get("bf16") for r in recs)
-    precision = ("bf16 autocast on CUDA" if cuda and bf16 else "fp32") if recs else "not recorded (no results)"
+    precision = precision_read(recs)
     return {"git": git_state(), "torch": metadata.version("torch"),
             "device": ", ".join(devices) or "not recorded (no results)", "profile": scope.name,
             "precision": precision, "result files read": str(len(recs)),
