@@ -438,11 +438,18 @@ def git_state() -> str:
     return sha.stdout.strip() + (" (dirty: uncommitted changes)" if dirty.stdout.strip() else " (clean)")
 
 
+def precision_of(rec: dict) -> Optional[str]:
+    """The precision a result ran in: its stamp, except that bf16 off CUDA is fp32 (results written before
+    the stamp took the device recorded the profile's request, which a CPU run never honours)."""
+    device = str(rec.get("device") or "")
+    return "fp32" if rec.get("precision") == "bf16" and device and "cuda" not in device else rec.get("precision")
+
+
 def precision_read(recs: list[dict]) -> str:
     """The precision the results say they ran in (`Profile.stamp`), with counts when they disagree."""
     names = {"bf16": "bf16 autocast", "fp32": "fp32"}
     # A null precision is a result that ran no model (Fig. 1's LR trace); a missing one predates the field.
-    counts = Counter(names.get(r.get("precision"), "not recorded") for r in recs
+    counts = Counter(names.get(precision_of(r), "not recorded") for r in recs
                      if "precision" not in r or r["precision"] is not None)
     if len(counts) <= 1:
         return next(iter(counts), "not recorded (no results)")

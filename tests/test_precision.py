@@ -112,3 +112,6 @@ def test_report_reads_the_recorded_precision():
     assert precision_read([{"precision": "bf16"}] * 2) == "bf16 autocast"
     assert precision_read([{"precision": "bf16"}, {"precision": "fp32"}, {}]) == \
         "mixed: bf16 autocast (1 files), fp32 (1 files), not recorded (1 files)"
+    # Written before results recorded the precision used: the profile said bf16, the CPU ran fp32.
+    assert precision_read([{"precision": "bf16", "device": "cpu"}, {"precision": "bf16", "device": "cuda:0"}]) == \
+        "mixed: bf16 autocast (1 files), fp32 (1 files)"
