@@ -546,14 +546,21 @@ def html_page(rep: dict) -> str:
                    f"</figcaption></figure>" if f["src"] else
                    f'<p class="not"><b>not run</b> ({e(f["target"])}): {e(f["caption"])}</p>' for f in rep["figures"])
     note = f'<p class="note">{e(DIGITS_NOTE)}</p>' if rep["digits"] else ""
+    shown = sum(1 for f in rep["figures"] if f["src"])
+    # On digits every number row reads "not in profile": folded, so the claims and figures are one scroll apart.
+    fold = "" if rep["digits"] else " open"
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Reproduction: {e(rep["profile"])}</title>'
             f"<style>{CSS}</style></head><body><h1>Did it reproduce? Profile <code>{e(rep['profile'])}</code></h1>"
+            '<p><a href="#claims">Claims</a> | <a href="#numbers">Numbers</a> | '
+            f'<a href="#figures">Figures ({shown} of {len(rep["figures"])} made)</a></p>'
             f"<h2>Provenance</h2><ul>{prov}</ul>"
-            f"<h2>Claims ({e(counts(rep['claims'], CLAIM_VERDICTS))})</h2>{html_table(rep['claims'], CLAIM_COLS)}"
-            f"<h2>Numbers ({e(counts(rep['numbers'], NUMBER_VERDICTS))})</h2>{note}"
+            f'<h2 id="claims">Claims ({e(counts(rep["claims"], CLAIM_VERDICTS))})</h2>'
+            f"{html_table(rep['claims'], CLAIM_COLS)}"
+            f'<h2 id="numbers">Numbers ({e(counts(rep["numbers"], NUMBER_VERDICTS))})</h2>{note}'
             "<p>Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware). "
             "Hover a paper value for the paper's words.</p>"
-            f"{html_table(rep['numbers'], NUM_COLS)}<h2>Figures</h2>{figs}</body></html>\n")
+            f"<details{fold}><summary>{len(rep['numbers'])} rows</summary>{html_table(rep['numbers'], NUM_COLS)}"
+            f'</details><h2 id="figures">Figures</h2>{figs}</body></html>\n')
 
 
 def figures(spec: dict, fig_dir: Path, out_dir: Path, scope: Scope) -> list[dict]:
