@@ -6,13 +6,15 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from .train import autocast
+
 
 @torch.no_grad()
 def batched_outputs(model: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] = lambda o: o,
-                    batch_size: int = 1024, bf16: bool = True) -> torch.Tensor:
+                    batch_size: int = 1024, *, bf16: bool) -> torch.Tensor:
     """fn(model output) for uint8 images [N,3,H,W] in eval mode, batched on the model's device; on the CPU.
 
-    channels_last, and bf16 autocast on CUDA unless `bf16=False`; the model's train/eval mode is restored.
+    channels_last, in the run's precision (`autocast(device, bf16)`); the model's train/eval mode is restored.
     """
     device = next(model.parameters()).device
     was_training = model.training
@@ -20,20 +22,20 @@ def batched_outputs(model: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tenso
     out = []
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(device, non_blocking=True).float().div_(255.0)
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16 and device.type == "cuda"):
+        with autocast(device, bf16):
             out.append(fn(model(xb.contiguous(memory_format=torch.channels_last))).cpu())
     model.train(was_training)
     return torch.cat(out) if out else torch.empty(0)
 
 
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, *, bf16: bool) -> torch.Tensor:
     """Top-1 predictions for uint8 images [N,3,H,W]; runs on the model's device, keeps its mode."""
-    return batched_outputs(model, x, lambda o: o.argmax(1), batch_size).long()
+    return batched_outputs(model, x, lambda o: o.argmax(1), batch_size, bf16=bf16).long()
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, bf16: bool) -> float:
     """Fraction of images predicted as their label."""
-    return (predict(model, x) == y.cpu()).float().mean().item() if len(y) else float("nan")
+    return (predict(model, x, bf16=bf16) == y.cpu()).float().mean().item() if len(y) else float("nan")
 
 
 def attack_success_rate(preds: torch.Tensor, y_true: torch.Tensor, target: int) -> float:
@@ -43,14 +45,14 @@ def attack_success_rate(preds: torch.Tensor, y_true: torch.Tensor, target: int) 
 
 
 def make_evaluator(
-    x_test: torch.Tensor, y_test: torch.Tensor, x_bd: torch.Tensor, y_bd: torch.Tensor, target: int
+    x_test: torch.Tensor, y_test: torch.Tensor, x_bd: torch.Tensor, y_bd: torch.Tensor, target: int, *, bf16: bool
 ) -> Callable[[nn.Module], dict[str, float]]:
     """Return model -> {"ca", "asr", "ra"} on a clean test set and its triggered non-target copy."""
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        bd_preds = predict(model, x_bd)
+        bd_preds = predict(model, x_bd, bf16=bf16)
         return {
-            "ca": accuracy(model, x_test, y_test),
+            "ca": accuracy(model, x_test, y_test, bf16=bf16),
             "asr": attack_success_rate(bd_preds, y_bd, target),
             "ra": (bd_preds == y_bd.cpu()).float().mean().item() if len(y_bd) else float("nan"),
         }
@@ -79,7 +81,7 @@ def transfer_attack_success_rate(preds: torch.Tensor, y_true: torch.Tensor, num_
 
 
 def make_transfer_evaluator(
-    x_test: torch.Tensor, y_test: torch.Tensor, triggered: dict[str, torch.Tensor], num_classes: int
+    x_test: torch.Tensor, y_test: torch.Tensor, triggered: dict[str, torch.Tensor], num_classes: int, *, bf16: bool
 ) -> Callable[[nn.Module], dict[str, float]]:
     """Return model -> {"ca", "asr_<name>", "asr_class_<name>"} for each triggered copy of the test set.
 
@@ -87,10 +89,10 @@ def make_transfer_evaluator(
     """
 
     def evaluate(model: nn.Module) -> dict[str, float]:
-        out = {"ca": accuracy(model, x_test, y_test)}
+        out = {"ca": accuracy(model, x_test, y_test, bf16=bf16)}
         for name, x_bd in triggered.items():
             out[f"asr_{name}"], out[f"asr_class_{name}"] = transfer_attack_success_rate(
-                predict(model, x_bd), y_test, num_classes)
+                predict(model, x_bd, bf16=bf16), y_test, num_classes)
         return out
 
     return evaluate

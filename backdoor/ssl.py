@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .metrics import batched_outputs
-from .train import TrainConfig, make_optimizer, steps_per_epoch, sync as _sync
+from .train import TrainConfig, autocast, make_optimizer, steps_per_epoch, sync as _sync
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +158,7 @@ def run_epochs(module: nn.Module, x: torch.Tensor, cfg: TrainConfig, step: Step,
         perm = torch.randperm(len(x), device=device, generator=gen)
         for s in range(spe):
             xb = x[perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]].float().div_(255.0)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+            with autocast(device, cfg.bf16):
                 loss, parts = step(xb, gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -198,16 +198,16 @@ def pretrain_simclr(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, aug: Si
     return run_epochs(model, x, cfg, step, model.parameters(), evaluate=evaluate, desc="simclr")
 
 
-def encode(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+def encode(encoder: nn.Module, x: torch.Tensor, batch_size: int = 1024, *, bf16: bool) -> torch.Tensor:
     """L2-normalised eval-mode features of uint8 images x, on the encoder's device (mode restored)."""
-    return batched_outputs(encoder, x, lambda z: F.normalize(z.float(), dim=1), batch_size)
+    return batched_outputs(encoder, x, lambda z: F.normalize(z.float(), dim=1), batch_size, bf16=bf16)
 
 
 @torch.no_grad()
 def knn_accuracy(encoder: nn.Module, x_bank: torch.Tensor, y_bank: torch.Tensor, x_test: torch.Tensor,
-                 y_test: torch.Tensor, k: int = 200, temperature: float = 0.5) -> float:
+                 y_test: torch.Tensor, k: int = 200, temperature: float = 0.5, *, bf16: bool) -> float:
     """BadEncoder's monitor: weighted kNN (weights exp(cos/t)) over the bank's features."""
-    bank, feats = encode(encoder, x_bank), encode(encoder, x_test)
+    bank, feats = encode(encoder, x_bank, bf16=bf16), encode(encoder, x_test, bf16=bf16)
     y_bank = y_bank.to(bank.device)
     classes = int(y_bank.max()) + 1
     sim, idx = (feats @ bank.T).topk(min(k, len(bank)), dim=1)

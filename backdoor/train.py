@@ -117,6 +117,21 @@ def device_of(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def uses_bf16(device: torch.device, bf16: bool) -> bool:
+    """Whether a run with the `bf16` flag computes in bf16 here: only on CUDA (CPU runs stay fp32)."""
+    return bf16 and device.type == "cuda"
+
+
+def precision_used(device: torch.device, bf16: bool) -> str:
+    """What results record as their precision: "bf16" (autocast) or "fp32"."""
+    return "bf16" if uses_bf16(device, bf16) else "fp32"
+
+
+def autocast(device: torch.device, bf16: bool) -> torch.autocast:
+    """The one context every forward pass runs in: bf16 autocast when `uses_bf16`, else plain fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=uses_bf16(device, bf16))
+
+
 def sync(device: torch.device) -> None:
     """Wait for the device's queued work, so that wall time measures it (no-op off CUDA)."""
     if device.type == "cuda":
@@ -221,7 +236,7 @@ def fit(
                 xb, yb = batch_hook(xb, yb, (epoch - 1) * spe + s)
             if use_cl:
                 xb = xb.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+            with autocast(device, cfg.bf16):
                 loss = loss_fn(net, xb, yb) if loss_fn is not None else F.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()

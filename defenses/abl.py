@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backdoor.train import TrainConfig
+from backdoor.train import TrainConfig, autocast
 
 from .base import DefenseContext, DefenseResult
 from .common import (Budget, Stages, detection_scores, device_of, finish, fresh_model, require_train_set, start,
@@ -74,13 +74,16 @@ def ascent_epochs(cfg: ABLConfig) -> int:
 
 
 @torch.no_grad()
-def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Cross-entropy of every (uint8) training sample, eval mode, no augmentation."""
+def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *,
+                    bf16: bool) -> torch.Tensor:
+    """Cross-entropy of every (uint8) training sample, eval mode, no augmentation, in the run's precision."""
     device, was_training, out = device_of(model), model.training, []
     model.eval()
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].to(device).float().div_(255.0)
-        out.append(F.cross_entropy(model(xb).float(), y[i : i + batch_size].to(device), reduction="none").cpu())
+        with autocast(device, bf16):
+            logits = model(xb)
+        out.append(F.cross_entropy(logits.float(), y[i : i + batch_size].to(device), reduction="none").cpu())
     model.train(was_training)
     return torch.cat(out)
 
@@ -91,9 +94,9 @@ def lowest_loss(losses: torch.Tensor, ratio: float) -> torch.Tensor:
     return losses.topk(k, largest=False).indices.sort().values
 
 
-def isolate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: float) -> torch.Tensor:
+def isolate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, ratio: float, *, bf16: bool) -> torch.Tensor:
     """Sorted indices of the training samples with the lowest loss under `model`."""
-    return lowest_loss(per_sample_loss(model, x, y), ratio)
+    return lowest_loss(per_sample_loss(model, x, y, bf16=bf16), ratio)
 
 
 def unlearn(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ABLConfig, train: TrainConfig,
@@ -111,7 +114,7 @@ def abl(ctx: DefenseContext) -> DefenseResult:
     model = fresh_model(ctx.model, cfg.seed)
     stages.run("tuning", model, x, y, cfg.tuning.config(ctx.train, schedule="constant", crop_pad=0, flip=False),
                evaluate=evaluate, loss_fn=tuning_loss(cfg))
-    isolated = isolate(model, x, y, cfg.isolation_ratio)
+    isolated = isolate(model, x, y, cfg.isolation_ratio, bf16=ctx.train.bf16)
     rest = torch.ones(len(x), dtype=torch.bool)
     rest[isolated] = False
     stages.run("finetune", model, x[rest], y[rest], cfg.finetune.config(ctx.train, schedule="constant"),

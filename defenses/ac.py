@@ -154,16 +154,15 @@ def bb_flags(feats: np.ndarray, y: np.ndarray, cfg: ACConfig) -> tuple[np.ndarra
 
 
 def ac_detect(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ACConfig,
-              train: Optional[TrainConfig] = None) -> tuple[torch.Tensor, dict]:
+              train: Optional[TrainConfig] = None, *, bf16: bool) -> tuple[torch.Tensor, dict]:
     """Flagged training indices and facts of the decision, for `cfg.variant`.
 
     backdoorbench takes its activations from augmented images (`train`'s crop/flip, as its loader).
     """
     if cfg.variant == "backdoorbench":
-        xa = augmented(x, train.crop_pad, train.flip, cfg.seed) if train is not None else x
-        flat, facts = bb_flags(layer_output(model, xa, cfg.layer).numpy().astype(np.float64), y.numpy(), cfg)
-    else:
-        flat, facts = method_flags(layer_output(model, x, cfg.layer).numpy().astype(np.float64), y.numpy(), cfg)
+        x = augmented(x, train.crop_pad, train.flip, cfg.seed) if train is not None else x
+    feats = layer_output(model, x, cfg.layer, bf16=bf16).numpy().astype(np.float64)
+    flat, facts = (bb_flags if cfg.variant == "backdoorbench" else method_flags)(feats, y.numpy(), cfg)
     return torch.from_numpy(flat).long(), facts
 
 
@@ -172,7 +171,7 @@ def activation_clustering(ctx: DefenseContext) -> DefenseResult:
     cfg: ACConfig = ctx.params.get("ac", ACConfig())
     x, y = require_train_set(ctx, "ac")
     clock, stages, evaluate = start(ctx)
-    flagged, facts = ac_detect(ctx.model, x, y, cfg, ctx.train)
+    flagged, facts = ac_detect(ctx.model, x, y, cfg, ctx.train, bf16=ctx.train.bf16)
     keep = torch.ones(len(x), dtype=torch.bool)
     keep[flagged] = False
     log.info("ac (%s): flagged %d of %d (%s)", cfg.variant, len(flagged), len(x), facts)

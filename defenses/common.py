@@ -8,7 +8,7 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from backdoor.train import Clock, TrainConfig, augment, device_of, fit
+from backdoor.train import Clock, TrainConfig, augment, autocast, device_of, fit
 
 from .base import DefenseContext, DefenseResult
 
@@ -75,8 +75,9 @@ def augmented(x: torch.Tensor, crop_pad: int, flip: bool, seed: int) -> torch.Te
 
 
 @torch.no_grad()
-def layer_output(model: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 512) -> torch.Tensor:
-    """Flattened float output of the named module for uint8 images x, on CPU (eval mode)."""
+def layer_output(model: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 512, *,
+                 bf16: bool) -> torch.Tensor:
+    """Flattened float output of the named module for uint8 images x, on CPU (eval mode, run's precision)."""
     module = dict(model.named_modules())[layer]
     device, was_training, outs = device_of(model), model.training, []
     handle = module.register_forward_hook(lambda m, i, o: outs.append(o.flatten(1).float().cpu()))
@@ -84,7 +85,7 @@ def layer_output(model: nn.Module, x: torch.Tensor, layer: str, batch_size: int 
     try:
         for i in range(0, len(x), batch_size):
             xb = x[i : i + batch_size].to(device).float().div_(255.0)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with autocast(device, bf16):
                 model(xb.contiguous(memory_format=torch.channels_last))
     finally:
         handle.remove()

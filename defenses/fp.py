@@ -33,9 +33,9 @@ class FPConfig:
     seed: int = 0
 
 
-def channel_means(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+def channel_means(model: torch.nn.Module, x: torch.Tensor, bf16: bool) -> torch.Tensor:
     """Mean activation of each layer4 output channel over images x."""
-    feats = layer_output(model, x, "layer4")
+    feats = layer_output(model, x, "layer4", bf16=bf16)
     channels = model.linear.in_features
     return feats.view(len(x), channels, -1).mean(dim=(0, 2))
 
@@ -64,11 +64,11 @@ def fine_pruning(ctx: DefenseContext) -> DefenseResult:
     model = ctx.model
     clock, stages, evaluate = start(ctx)
     xc, yc = clean_subset(ctx, cfg.clean_ratio, cfg.seed)
-    order = prune_order(channel_means(model, xc))
+    order = prune_order(channel_means(model, xc, ctx.train.bf16))
     mask = torch.ones(len(order), device=device_of(model))
     hook = model.layer4.register_forward_hook(lambda m, i, out: out * mask.view(1, -1, 1, 1).to(out.dtype))
     # The rule reads clean test accuracy, as BackdoorBench does; this time counts as defence time.
-    acc = (lambda m: ctx.evaluate(m)["ca"]) if ctx.evaluate else (lambda m: accuracy(m, xc, yc))
+    acc = (lambda m: ctx.evaluate(m)["ca"]) if ctx.evaluate else (lambda m: accuracy(m, xc, yc, bf16=ctx.train.bf16))
     try:
         pruned = prune_until(model, order, mask, acc, cfg)
         log.info("fp: pruned %d of %d channels", pruned, len(order))

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backdoor.train import fit
+from backdoor.train import autocast, fit
 
 from .base import DefenseContext, DefenseResult
 from .common import Budget, clean_subset, device_of, finish, start, step_lr
@@ -61,7 +61,7 @@ def at_loss(s: dict, t: dict, cfg: NADConfig) -> torch.Tensor:
 
 
 @torch.no_grad()
-def attention_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg: NADConfig) -> float:
+def attention_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg: NADConfig, bf16: bool) -> float:
     """Mean weighted AT loss over uint8 images x, both models in eval mode (for reporting)."""
     names, device, total = [n for n, _ in cfg.betas], device_of(student), 0.0
     modes = student.training, teacher.training
@@ -69,7 +69,8 @@ def attention_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg:
     with capture(student, names) as s, capture(teacher, names) as t:
         for i in range(0, len(x), 512):
             xb = x[i : i + 512].to(device).float().div_(255.0)
-            student(xb), teacher(xb)
+            with autocast(device, bf16):
+                student(xb), teacher(xb)
             total += at_loss(s, t, cfg).item() * len(xb)
     student.train(modes[0]), teacher.train(modes[1])
     return total / len(x)
@@ -85,7 +86,7 @@ def nad(ctx: DefenseContext) -> DefenseResult:
     fit(teacher, xc, yc, cfg.teacher.config(ctx.train), desc="nad teacher")
     teacher.eval().requires_grad_(False)
     # Reporting only, so not charged to the defence.
-    report = clock.monitor(lambda m: {"at_loss": attention_loss(m, teacher, xc, cfg)})
+    report = clock.monitor(lambda m: {"at_loss": attention_loss(m, teacher, xc, cfg, ctx.train.bf16)})
     before = report(student)["at_loss"]
     names = [n for n, _ in cfg.betas]
     with capture(student, names) as s, capture(teacher, names) as t:

@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backdoor.train import TrainConfig, augment, steps_per_epoch
+from backdoor.train import TrainConfig, augment, autocast, steps_per_epoch
 
 from .base import DefenseContext, DefenseResult
 from .common import Budget, clean_subset, device_of, finish, start
@@ -71,7 +71,7 @@ def reverse_engineer(model: nn.Module, x: torch.Tensor, target: int, cfg: NCConf
             xb = augment(x[perm[s * cfg.batch_size : (s + 1) * cfg.batch_size]].float().div_(255.0),
                          train.crop_pad, train.flip, gen)
             m, p = _squash(theta_m), _squash(theta_p)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=train.bf16 and device.type == "cuda"):
+            with autocast(device, train.bf16):
                 logits = model((1 - m) * xb + m * p)
             norm = m.abs().sum()
             loss = F.cross_entropy(logits.float(), torch.full((len(xb),), target, device=device)) + cost * norm

@@ -77,13 +77,14 @@ def scored_labels(y: torch.Tensor, cfg: SpectralConfig, target_label: Optional[i
 
 @torch.no_grad()
 def spectral_detect(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: SpectralConfig,
-                    target_label: Optional[int] = None, crop_pad: int = 0, flip: bool = False) -> torch.Tensor:
+                    target_label: Optional[int] = None, crop_pad: int = 0, flip: bool = False, *,
+                    bf16: bool) -> torch.Tensor:
     """Sorted training indices the variant removes (backdoorbench: features of augmented images)."""
     flagged = []
     for c in scored_labels(y, cfg, target_label):
         idx = (y == c).nonzero().flatten()
         xc = augmented(x[idx], crop_pad, flip, cfg.seed) if cfg.variant == "backdoorbench" else x[idx]
-        r = layer_output(model, xc, cfg.layer).to(device_of(model))
+        r = layer_output(model, xc, cfg.layer, bf16=bf16).to(device_of(model))
         flagged.append(idx[label_flags(r, cfg).cpu()])
     return torch.cat(flagged).sort().values if flagged else torch.zeros(0, dtype=torch.long)
 
@@ -94,7 +95,8 @@ def spectral(ctx: DefenseContext) -> DefenseResult:
     x, y = require_train_set(ctx, "spectral")
     scored_labels(y, cfg, ctx.target_label)  # fail before any work
     clock, stages, evaluate = start(ctx)
-    flagged = spectral_detect(ctx.model, x, y, cfg, ctx.target_label, ctx.train.crop_pad, ctx.train.flip)
+    flagged = spectral_detect(ctx.model, x, y, cfg, ctx.target_label, ctx.train.crop_pad, ctx.train.flip,
+                              bf16=ctx.train.bf16)
     keep = torch.ones(len(x), dtype=torch.bool)
     keep[flagged] = False
     model = fresh_model(ctx.model, cfg.seed)

@@ -54,12 +54,12 @@ def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, po
     setup(f"ablation {dataset}/{attack_name} {point.name} ({prof.name})",
           {"finetune": cfg, "sft": sft, "images": len(idx), "checkpoint": ckpt, "device": device})
     ctx = DefenseContext(model=model, x_clean=data.x_train[idx], y_clean=data.y_train[idx], train=cfg,
-                         evaluate=evaluator_for(data, attack, device), num_classes=data.num_classes,
+                         evaluate=evaluator_for(data, attack, device, bf16=cfg.bf16), num_classes=data.num_classes,
                          params={"sft": sft} if sft else {})
     result = get_defense(point.defense)(ctx)
     final = result.history[-1]
     print(f"{point.name}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  ({len(idx)} images)")
-    return {"point": point, "name": point.name, **prof.stamp(), "dataset": dataset, "attack": attack_name,
+    return {"point": point, "name": point.name, **prof.stamp(device), "dataset": dataset, "attack": attack_name,
             "finetune": cfg, "sft": sft, "subset_size": len(idx), "subset_seed": sw.subset_seed,
             "train_size": len(data.x_train), "final": final,
             "train_seconds": sum(r["seconds"] for r in result.history), **result.info, "history": result.history}

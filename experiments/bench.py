@@ -3,8 +3,10 @@
 The reference feeds data the way BackdoorBench does: a Dataset returning PIL images
 through torchvision transforms (RandomCrop pad 4, flip, ToTensor, Normalize), a
 DataLoader, fp32, default memory format, a host sync (`loss.item()`) every step.
-The two loops run interleaved, one epoch of each per round (order alternating), so that a
-change in machine load hits both; medians and the min-max spread over the rounds are printed,
+Ours runs in both precisions a profile can name: fp32 (`paper`) and, on CUDA, bf16 autocast;
+on a CPU the engine never autocasts, so there is no bf16 row to measure.
+The loops run interleaved, one epoch of each per round (order rotating), so that a
+change in machine load hits all of them; medians and the min-max spread over the rounds are printed,
 never a single run. Sizes are chosen to finish in a few minutes on a CPU and use the full
 model on a GPU.
 
@@ -26,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
 from backdoor.models import make_model
-from backdoor.train import TrainConfig, fit
+from backdoor.train import TrainConfig, fit, precision_used, uses_bf16
 from defenses import DefenseContext, SFTConfig, get_defense
 from experiments.common import positive_int, resolve_device
 
@@ -81,10 +83,10 @@ def reference_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int, workers:
     return epoch
 
 
-def our_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> EpochTimer:
+def our_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int, bf16: bool) -> EpochTimer:
     """One epoch of `fit` per call; its own device-synchronised epoch time (set-up excluded)."""
     def epoch(rnd: int) -> float:
-        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, flip=True, seed=rnd)
+        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, flip=True, seed=rnd, bf16=bf16)
         return fit(model, x, y, cfg)[1]["seconds"]
 
     return epoch
@@ -92,13 +94,13 @@ def our_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int) -> EpochTimer:
 
 def interleaved(loops: dict[str, EpochTimer], rounds: int) -> dict[str, list[float]]:
     """Seconds per epoch of each loop over `rounds` rounds, one epoch of each per round, the order
-    alternating, after one untimed warm-up epoch each: a load change hits both loops alike."""
+    rotating, after one untimed warm-up epoch each: a load change hits every loop alike."""
     for loop in loops.values():
         loop(0)
     times: dict[str, list[float]] = {name: [] for name in loops}
     names = list(loops)
     for r in range(rounds):
-        for name in names if r % 2 == 0 else names[::-1]:
+        for name in names[r % len(names):] + names[: r % len(names)]:
             times[name].append(loops[name](r + 1))
     return times
 
@@ -139,27 +141,53 @@ def main() -> None:
     print(f"bench: PreAct-ResNet18 width {width}, batch {batch}, {n} images, {args.epochs} interleaved rounds, "
           f"{name}, torch {torch.__version__}, load average {load}")
 
-    torch.manual_seed(0)
-    ref_model = make_model("preactresnet18", 10, width, "cifar10").to(device)
-    our_model = make_model("preactresnet18", 10, width, "cifar10").to(device)
-    loops = {"reference (PIL + DataLoader, fp32, NCHW)": reference_loop(ref_model, x, y, batch, workers, device),
-             "ours (device uint8, channels_last, bf16 on GPU)": our_loop(our_model, x, y, batch)}
-    times = interleaved(loops, args.epochs)
+    precisions = (False, True) if uses_bf16(device, True) else (False,)
+    if len(precisions) == 1:
+        print(f"bf16 autocast: not measured; on {device.type} the engine runs fp32 whatever the profile's precision")
+    times = interleaved(loops(x, y, batch, workers, device, width, precisions), args.epochs)
     imgs = (n // batch) * batch
     print(f"{'loop':<48} {'img/s median (min-max)':>24} {'s/epoch median (min-max)':>26}")
     for loop, t in times.items():
         print(f"{loop:<48} {spread([imgs / s for s in t], '.0f'):>24} {spread(t, '.2f'):>26}")
-    ref, ours = times.values()
-    print(f"speed-up per round, median (min-max): {spread([r / o for r, o in zip(ref, ours)], '.2f', 'x')}")
+    ref = times[REFERENCE]
+    for bf16 in precisions:
+        ours = times[ours_name(bf16)]
+        print(f"speed-up per round, {precision_used(device, bf16)}, median (min-max): "
+              f"{spread([r / o for r, o in zip(ref, ours)], '.2f', 'x')}")
+    for bf16 in precisions:
+        print(f"one SFT epoch over {n} images, {precision_used(device, bf16)}: "
+              f"{sft_seconds(x, y, batch, width, device, bf16):.2f} s wall (one run, includes warm-up)")
 
+
+REFERENCE = "reference (PIL + DataLoader, fp32, NCHW)"
+
+
+def ours_name(bf16: bool) -> str:
+    """The row name `experiments.plan` reads a profile's img/s from ("ours fp32 ..." / "ours bf16 ...")."""
+    return f"ours {'bf16 autocast' if bf16 else 'fp32'} (device uint8, channels_last)"
+
+
+def loops(x: torch.Tensor, y: torch.Tensor, batch: int, workers: int, device: torch.device, width: int,
+          precisions: tuple[bool, ...]) -> dict[str, EpochTimer]:
+    """The reference and one `fit` loop per precision, each on its own model of the same initial weights."""
+    def model() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return make_model("preactresnet18", 10, width, "cifar10").to(device)
+
+    return {REFERENCE: reference_loop(model(), x, y, batch, workers, device),
+            **{ours_name(b): our_loop(model(), x, y, batch, b) for b in precisions}}
+
+
+def sft_seconds(x: torch.Tensor, y: torch.Tensor, batch: int, width: int, device: torch.device, bf16: bool) -> float:
+    """Wall seconds of one SFT epoch through the defence registry (one run)."""
     model = make_model("preactresnet18", 10, width, "cifar10").to(device)
-    ctx = DefenseContext(model, x, y, TrainConfig(epochs=1, batch_size=batch, flip=True),
+    ctx = DefenseContext(model, x, y, TrainConfig(epochs=1, batch_size=batch, flip=True, bf16=bf16),
                          params={"sft": SFTConfig()})
     sync(device)
     t0 = time.perf_counter()
     get_defense("sft")(ctx)
     sync(device)
-    print(f"one SFT epoch over {n} images: {time.perf_counter() - t0:.2f} s wall (one run, includes warm-up)")
+    return time.perf_counter() - t0
 
 
 if __name__ == "__main__":

@@ -117,10 +117,10 @@ def load_backdoored(path: Path, device: torch.device) -> tuple[nn.Module, Attack
     return model.to(device), attack.to(device), meta
 
 
-def evaluator_for(data: ImageData, attack: Attack, device: torch.device):
+def evaluator_for(data: ImageData, attack: Attack, device: torch.device, *, bf16: bool):
     """CA/ASR/RA evaluator on the clean test set and its triggered non-target copy, device-resident."""
     x_bd, y_bd = poisoned_test_set(data.x_test, data.y_test, attack)
-    return make_evaluator(data.x_test.to(device), data.y_test, x_bd.to(device), y_bd, attack.target)
+    return make_evaluator(data.x_test.to(device), data.y_test, x_bd.to(device), y_bd, attack.target, bf16=bf16)
 
 
 def resolve_device(name: str | None) -> torch.device:

@@ -27,6 +27,7 @@ from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_mo
                                load_image_folder, read_model_file, triggered_classes)
 from backdoor.metrics import accuracy, make_evaluator
 from backdoor.models import DATASET_STATS, model_names
+from backdoor.train import precision_used
 from defenses import DefenseContext, get_defense
 from defenses.common import clean_subset
 from experiments.common import ARTIFACTS, evaluator_for, jsonable, resolve_device, run_main, setup, write_result
@@ -146,18 +147,18 @@ def _count_classes(folder: Path) -> int:
 
 
 def make_evaluate(args: argparse.Namespace, data: ImageData, attack: Optional[Attack],
-                  classes: Optional[dict[str, int]], image_size: int, device: torch.device
+                  classes: Optional[dict[str, int]], image_size: int, device: torch.device, bf16: bool
                   ) -> Callable[[nn.Module], dict]:
     """CA on the test set, plus ASR (and RA when true labels are known) for the named trigger."""
     if attack is not None:
-        return evaluator_for(data, attack, device)
+        return evaluator_for(data, attack, device, bf16=bf16)
     x_test = data.x_test.to(device)
     if args.trigger_folder is None:
-        return lambda model: {"ca": accuracy(model, x_test, data.y_test)}
+        return lambda model: {"ca": accuracy(model, x_test, data.y_test, bf16=bf16)}
     folder = Path(args.trigger_folder)
     x_bd, y_bd = load_image_folder(folder, image_size, triggered_classes(folder, classes),
                                    Path(args.data_dir) / "cache")
-    evaluate = make_evaluator(x_test, data.y_test, x_bd.to(device), y_bd, args.target)
+    evaluate = make_evaluator(x_test, data.y_test, x_bd.to(device), y_bd, args.target, bf16=bf16)
     if (y_bd >= 0).all():
         return evaluate
     return lambda model: {k: v for k, v in evaluate(model).items() if k != "ra"}  # no true labels: no RA
@@ -213,7 +214,7 @@ def defend(args: argparse.Namespace) -> None:
            "device": device, "out": out,
            "trigger": attack.params() | {"name": attack.name} if attack else args.trigger_folder})
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
-                         evaluate=make_evaluate(args, data, attack, classes, image_size, device),
+                         evaluate=make_evaluate(args, data, attack, classes, image_size, device, cfg.bf16),
                          num_classes=data.num_classes, target_label=args.target, params=prof.defense_params())
     x, y = clean_subset(ctx, args.fraction, cfg.seed) if args.fraction < 1.0 else (data.x_train, data.y_train)
     # Data-level defences (AC, Spectral, ABL) treat the user's data as the set the model was trained on.
@@ -237,6 +238,7 @@ def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, c
     return {"model": str(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
             "test_data": args.test_data or args.data, "clean_images": n_clean, "fraction": args.fraction,
             "defense": args.defense, "profile": args.profile, "overrides": args.set, "finetune": cfg,
+            "precision": precision_used(device, cfg.bf16),
             "trigger": trigger, "target": args.target if trigger else None,
             "before": {k: before[k] for k in keep if k in before},
             "after": {k: after[k] for k in keep if k in after}, "device_seconds": hours * 3600,

@@ -58,8 +58,8 @@ def load_encoder(path: Path, device: torch.device) -> tuple[SimCLRModel, dict, d
     return model.to(device), meta, tensors
 
 
-def _knn(model: SimCLRModel, data: ImageData) -> float:
-    return knn_accuracy(model.f, data.x_train, data.y_train, data.x_test, data.y_test)
+def _knn(model: SimCLRModel, data: ImageData, bf16: bool) -> float:
+    return knn_accuracy(model.f, data.x_train, data.y_train, data.x_test, data.y_test, bf16=bf16)
 
 
 def pretrain(args: argparse.Namespace) -> None:
@@ -72,11 +72,11 @@ def pretrain(args: argparse.Namespace) -> None:
     labelled = load_data(args.pretrain)
     torch.manual_seed(prof.seed)
     model = build_encoder_model(_arch(prof, args.pretrain)).to(device)
-    knn_before = _knn(model, labelled)
+    knn_before = _knn(model, labelled, cfg.bf16)
     history = pretrain_simclr(model, images, cfg, temperature=enc.temperature)
     seconds = sum(r["seconds"] for r in history)
-    meta = {"arch": _arch(prof, args.pretrain), **prof.stamp(), "simclr": cfg, "images": len(images),
-            "temperature": enc.temperature, "knn_before": knn_before, "knn": _knn(model, labelled),
+    meta = {"arch": _arch(prof, args.pretrain), **prof.stamp(device), "simclr": cfg, "images": len(images),
+            "temperature": enc.temperature, "knn_before": knn_before, "knn": _knn(model, labelled, cfg.bf16),
             "train_seconds": seconds, "device": str(device)}
     write_result(enc_dir("results", prof, args.pretrain) / "simclr.json", {**meta, "history": history})
     save_model(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", model, jsonable(meta))
@@ -108,14 +108,15 @@ def shadow_images(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def alignment(encoder: torch.nn.Module, data: ImageData, attack: BadEncoder) -> dict:
+def alignment(encoder: torch.nn.Module, data: ImageData, attack: BadEncoder, bf16: bool) -> dict:
     """Mean cosine to the reference embedding of the downstream non-target test images, triggered
     and clean. L0 alone can look converged while every image is already that close (the first
     demo encoder had cosine ~0.99 everywhere); a working backdoor separates the two."""
     x_bd, _ = poisoned_test_set(data.x_test, data.y_test, attack)
-    ref = encode(encoder, attack.reference)
-    return {"cos_triggered_ref": (encode(encoder, x_bd) @ ref.T).mean().item(),
-            "cos_clean_ref": (encode(encoder, data.x_test[data.y_test != attack.target]) @ ref.T).mean().item()}
+    ref = encode(encoder, attack.reference, bf16=bf16)
+    clean = data.x_test[data.y_test != attack.target]
+    return {"cos_triggered_ref": (encode(encoder, x_bd, bf16=bf16) @ ref.T).mean().item(),
+            "cos_clean_ref": (encode(encoder, clean, bf16=bf16) @ ref.T).mean().item()}
 
 
 def badencoder(args: argparse.Namespace) -> None:
@@ -131,11 +132,11 @@ def badencoder(args: argparse.Namespace) -> None:
     setup(f"badencoder {args.pretrain} -> {args.downstream} ({prof.name})",
           {"badencoder": cfg, "target": target, "reference_index": ref_idx, "shadow": len(shadow),
            "lambda1": enc.lambda1, "lambda2": enc.lambda2, "device": device})
-    before = alignment(model.f, down, attack)
+    before = alignment(model.f, down, attack, cfg.bf16)
     history = train_badencoder(model.f, shadow, attack, cfg, enc.lambda1, enc.lambda2)
-    after = alignment(model.f, down, attack)
+    after = alignment(model.f, down, attack, cfg.bf16)
     seconds = sum(r["seconds"] for r in history)
-    meta = {"arch": clean_meta["arch"], **prof.stamp(), "pretrain": args.pretrain, "downstream": args.downstream,
+    meta = {"arch": clean_meta["arch"], **prof.stamp(device), "pretrain": args.pretrain, "downstream": args.downstream,
             "attack": {"name": attack.name, "params": attack.params()}, "target": target,
             "reference": {"dataset": args.downstream, "split": "train", "index": ref_idx, "seed": prof.seed,
                           "held_out_of_downstream_training": True},
@@ -174,10 +175,10 @@ def downstream(args: argparse.Namespace) -> None:
     torch.manual_seed(prof.seed)
     model = DownstreamClassifier(encoder_model.f, data.num_classes, freeze_encoder=args.mode != "whole").to(device)
     params = list(model.head.parameters()) if model.frozen else None
-    history = fit(model, data.x_train, data.y_train, cfg, evaluate=evaluator_for(data, attack, device),
+    history = fit(model, data.x_train, data.y_train, cfg, evaluate=evaluator_for(data, attack, device, bf16=cfg.bf16),
                   params=params, desc=f"downstream {args.mode}")
     seconds = sum(r["seconds"] for r in history)
-    info = {**prof.stamp(), "pretrain": args.pretrain, "downstream": args.downstream, "mode": args.mode,
+    info = {**prof.stamp(device), "pretrain": args.pretrain, "downstream": args.downstream, "mode": args.mode,
             "encoder": name, "target": attack.target, "reference": bd_meta["reference"], "train": cfg,
             "first_epoch_seconds": history[1]["seconds"] if len(history) > 1 else None,
             "first_epoch_device_hours": history[1]["seconds"] / 3600 if len(history) > 1 else None,

@@ -24,7 +24,7 @@ def main_step(args: argparse.Namespace) -> None:
         raise ValueError(f"--epochs must be >= 1, got {epochs}")
     setup(f"SFT learning-rate trace ({prof.name})", {"sft": prof.sft, "steps_per_epoch": spe, "epochs": epochs})
     lrs = sft_lr_trace(prof.sft, spe, epochs * spe)
-    write_result(args.out, {**prof.stamp(), "dataset": dataset, "steps_per_epoch": spe,
+    write_result(args.out, {**prof.stamp(None), "dataset": dataset, "steps_per_epoch": spe,
                             "half_cycle_steps": prof.sft.step_size(spe), "sft": prof.sft, "lr": lrs})
 
 

@@ -236,12 +236,13 @@ def split_by_figure(lines: list[str], figures: list[str]) -> dict[str, list[Step
 
 
 # ---------------------------------------------------------------- report
-def bench_img_per_s(path: Path) -> float:
-    """The 'ours' img/s of a saved `make bench` output."""
-    m = re.search(r"^ours\b.*?\)\s+([0-9.]+)\s", path.read_text(), re.M)
-    if not m:
-        raise SystemExit(f"plan: no 'ours ... img/s' line in {path}; save the output of `make bench` there")
-    return float(m.group(1))
+def bench_img_per_s(path: Path, precision: str) -> float:
+    """The 'ours' img/s of a saved `make bench` output in `precision` ("fp32", "bf16"); a CPU bench has only fp32."""
+    text = path.read_text()
+    rows = dict(re.findall(r"^ours (fp32|bf16)\b.*?\)\s+([0-9.]+)\s", text, re.M))
+    if precision in rows or "fp32" in rows:
+        return float(rows.get(precision, rows.get("fp32")))
+    raise SystemExit(f"plan: no 'ours {precision} ... img/s' line in {path}; save the output of `make bench` there")
 
 
 def _fmt(x: float) -> str:
@@ -277,9 +278,9 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     if a.img_per_s is not None and a.img_per_s <= 0:
         raise SystemExit(f"plan: IMG_PER_S must be > 0, got {a.img_per_s:g}")
-    rate = a.img_per_s or (bench_img_per_s(a.bench) if a.bench else None)
     try:
         cost = Costs(a.profile)  # fails on an unknown profile before make runs
+        rate = a.img_per_s or (bench_img_per_s(a.bench, cost.prof.precision) if a.bench else None)
         figs = a.figures.split()
         per_figure = split_by_figure(make_lines(a.profile, figs), figs)
         print("\n".join(report(a.profile, per_figure, cost, rate, a.steps)))

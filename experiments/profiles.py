@@ -25,9 +25,11 @@ import types
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
 from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type_hints
 
+import torch
+
 from backdoor.attacks import ATTACKS as ATTACK_CLASSES
 from backdoor.checkpoint import atomic_write_json
-from backdoor.train import TrainConfig
+from backdoor.train import TrainConfig, precision_used
 from defenses import ABLConfig, ACConfig, Budget, FPConfig, NADConfig, NCConfig, SFTConfig, SpectralConfig
 from experiments import common
 from experiments.common import jsonable
@@ -119,10 +121,15 @@ class Profile:
             raise ValueError(f"profile {self.name!r}: charge_epochs {dict(self.charge_epochs)} must map ft/sft to "
                              f"1..finetune_epochs ({self.finetune_epochs}); lower it with --set charge_epochs.sft=N")
 
+    @property
+    def bf16(self) -> bool:
+        """The `bf16` flag of every config this profile builds (autocast takes effect on CUDA only)."""
+        return self.precision == "bf16"
+
     def train_config(self, dataset: str) -> TrainConfig:
         """The attack-training config with the dataset's flip rule and the profile's precision."""
         return replace(self.attack_train, flip=dataset in FLIP_DATASETS, seed=self.seed,
-                       bf16=self.precision == "bf16")
+                       bf16=self.bf16)
 
     def finetune_config(self, dataset: str) -> TrainConfig:
         """The FT config (constant LR = ft_lr); SFT takes its LRs from `sft`."""
@@ -131,7 +138,7 @@ class Profile:
 
     def encoder_config(self, stage: str) -> TrainConfig:
         """The encoder scenario's `stage` config (simclr, badencoder, downstream) with seed and precision."""
-        return replace(getattr(self.encoder, stage), seed=self.seed, bf16=self.precision == "bf16")
+        return replace(getattr(self.encoder, stage), seed=self.seed, bf16=self.bf16)
 
     def attack_kwargs(self, attack: str) -> dict[str, Any]:
         """`make_attack` keyword arguments for `attack` (target and the profile's preset)."""
@@ -143,9 +150,11 @@ class Profile:
         """`DefenseContext.params`: the SFT schedule and each baseline's config."""
         return {"sft": self.sft, **self.defenses}
 
-    def stamp(self) -> dict[str, Any]:
-        """What every result records about its profile: name, precision and overrides."""
-        return {"profile": self.name, "precision": self.precision, "overrides": dict(self.overrides)}
+    def stamp(self, device: Optional[torch.device]) -> dict[str, Any]:
+        """What every result records about its run: profile name, overrides, and the precision really used
+        on `device` ("bf16" only on CUDA; None for a result that ran no model)."""
+        precision = None if device is None else precision_used(device, self.bf16)
+        return {"profile": self.name, "precision": precision, "overrides": dict(self.overrides)}
 
     def to_dict(self) -> dict:
         return jsonable(asdict(self))

@@ -18,6 +18,7 @@ import os
 import re
 import statistics
 import subprocess
+from collections import Counter
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -437,12 +438,28 @@ def git_state() -> str:
     return sha.stdout.strip() + (" (dirty: uncommitted changes)" if dirty.stdout.strip() else " (clean)")
 
 
+def precision_of(rec: dict) -> Optional[str]:
+    """The precision a result ran in: its stamp, except that bf16 off CUDA is fp32 (results written before
+    the stamp took the device recorded the profile's request, which a CPU run never honours)."""
+    device = str(rec.get("device") or "")
+    return "fp32" if rec.get("precision") == "bf16" and device and "cuda" not in device else rec.get("precision")
+
+
+def precision_read(recs: list[dict]) -> str:
+    """The precision the results say they ran in (`Profile.stamp`), with counts when they disagree."""
+    names = {"bf16": "bf16 autocast", "fp32": "fp32"}
+    # A null precision is a result that ran no model (Fig. 1's LR trace); a missing one predates the field.
+    counts = Counter(names.get(precision_of(r), "not recorded") for r in recs
+                     if "precision" not in r or r["precision"] is not None)
+    if len(counts) <= 1:
+        return next(iter(counts), "not recorded (no results)")
+    return "mixed: " + ", ".join(f"{name} ({n} files)" for name, n in sorted(counts.items()))
+
+
 def provenance(scope: Scope, results: Results) -> dict[str, str]:
     recs = results.read()
     devices = sorted({str(r["device"]) for r in recs if r.get("device")})
-    cuda = any("cuda" in d for d in devices)
-    bf16 = any((r.get("finetune") or r.get("train") or {}).get("bf16") for r in recs)
-    precision = ("bf16 autocast on CUDA" if cuda and bf16 else "fp32") if recs else "not recorded (no results)"
+    precision = precision_read(recs)
     return {"git": git_state(), "torch": metadata.version("torch"),
             "device": ", ".join(devices) or "not recorded (no results)", "profile": scope.name,
             "precision": precision, "result files read": str(len(recs)),
@@ -529,14 +546,21 @@ def html_page(rep: dict) -> str:
                    f"</figcaption></figure>" if f["src"] else
                    f'<p class="not"><b>not run</b> ({e(f["target"])}): {e(f["caption"])}</p>' for f in rep["figures"])
     note = f'<p class="note">{e(DIGITS_NOTE)}</p>' if rep["digits"] else ""
+    shown = sum(1 for f in rep["figures"] if f["src"])
+    # On digits every number row reads "not in profile": folded, so the claims and figures are one scroll apart.
+    fold = "" if rep["digits"] else " open"
     return (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>Reproduction: {e(rep["profile"])}</title>'
             f"<style>{CSS}</style></head><body><h1>Did it reproduce? Profile <code>{e(rep['profile'])}</code></h1>"
+            '<p><a href="#claims">Claims</a> | <a href="#numbers">Numbers</a> | '
+            f'<a href="#figures">Figures ({shown} of {len(rep["figures"])} made)</a></p>'
             f"<h2>Provenance</h2><ul>{prov}</ul>"
-            f"<h2>Claims ({e(counts(rep['claims'], CLAIM_VERDICTS))})</h2>{html_table(rep['claims'], CLAIM_COLS)}"
-            f"<h2>Numbers ({e(counts(rep['numbers'], NUMBER_VERDICTS))})</h2>{note}"
+            f'<h2 id="claims">Claims ({e(counts(rep["claims"], CLAIM_VERDICTS))})</h2>'
+            f"{html_table(rep['claims'], CLAIM_COLS)}"
+            f'<h2 id="numbers">Numbers ({e(counts(rep["numbers"], NUMBER_VERDICTS))})</h2>{note}'
             "<p>Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware). "
             "Hover a paper value for the paper's words.</p>"
-            f"{html_table(rep['numbers'], NUM_COLS)}<h2>Figures</h2>{figs}</body></html>\n")
+            f"<details{fold}><summary>{len(rep['numbers'])} rows</summary>{html_table(rep['numbers'], NUM_COLS)}"
+            f'</details><h2 id="figures">Figures</h2>{figs}</body></html>\n')
 
 
 def figures(spec: dict, fig_dir: Path, out_dir: Path, scope: Scope) -> list[dict]:

@@ -60,9 +60,9 @@ def clean(args: argparse.Namespace) -> None:
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
     x_test = data.x_test.to(device)
     history = fit(model, data.x_train, data.y_train, cfg, desc="train clean",
-                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test)})
+                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": args.dataset}, "attack": None, **prof.stamp(), "train": cfg, "seed": prof.seed,
+                     "dataset": args.dataset}, "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
     write_result(run_dir("results", prof.name, args.dataset, "clean") / "model.json", {**meta, "history": history})
     save_model(clean_path(prof, args.dataset), model, jsonable(meta))
@@ -84,9 +84,9 @@ def mia(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     res = membership_inference(model, data.x_train, data.y_train, data.x_test, data.y_test, sp, prof.mia_epochs,
                                prof.seed + MIA_SEED)
-    quality = evaluator_for(data, attack, device)(model)
+    quality = evaluator_for(data, attack, device, bf16=prof.bf16)(model)
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / "mia" / f"{args.model}.json",
-                 {**prof.stamp(), "dataset": args.dataset, "attack": args.attack, "model": args.model,
+                 {**prof.stamp(device), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "mia_epochs": prof.mia_epochs, "features": "sorted softmax posteriors + top-1 correct flag",
                   **res, **quality, "seconds": time.perf_counter() - t0})
     print(f"mia {args.model}: accuracy {res['accuracy']:.3f}  AUC {res['auc']:.3f}  "
@@ -122,7 +122,7 @@ def reinject_step(args: argparse.Namespace) -> None:
     first = epochs_to(rec["history"]) if rec["history"] else None
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / "reinject" / args.model
                  / f"{args.ratio}.json",
-                 {**prof.stamp(), "dataset": args.dataset, "attack": args.attack, "model": args.model,
+                 {**prof.stamp(device), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "train": cfg, "epochs_to_asr_0.8": first, **rec})
     if rec["history"]:
         h = rec["history"]

@@ -17,6 +17,7 @@ from backdoor.attacks import make_attack, trigger_record
 from backdoor.checkpoint import load_checkpoint, save_checkpoint, save_model
 from backdoor.data import ImageData
 from backdoor.models import make_model
+from backdoor.train import precision_used
 from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
 from experiments.common import (check_writable, evaluator_for, jsonable, load_backdoored, load_data, resolve_device,
@@ -37,7 +38,7 @@ def train(args: argparse.Namespace) -> None:
     attack = make_attack(args.attack, **attack_params).to(device)
     setup(f"train {args.dataset}/{args.attack} ({prof.name})",
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
-           "device": device, "precision": prof.precision})
+           "device": device, "precision": precision_used(device, cfg.bf16)})
     data = load_data(args.dataset)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
@@ -49,7 +50,7 @@ def train(args: argparse.Namespace) -> None:
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},
             "attack": {"name": args.attack, "params": attack.params()}, "trigger": trigger_record(attack),
-            **prof.stamp(), "train": cfg,
+            **prof.stamp(device), "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
     save_poisoned_set(ck / "poison.safetensors", data, info)
@@ -69,11 +70,12 @@ def defend(args: argparse.Namespace) -> None:
     model, attack, meta = load_backdoored(ckpt, device)
     cfg = prof.finetune_config(args.dataset)
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
-          {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device, "precision": prof.precision})
+          {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device,
+           "precision": precision_used(device, cfg.bf16)})
     data = load_data(args.dataset)
     x_train, y_train, poison_idx = load_poisoned_set(ckpt.with_name("poison.safetensors"), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
-                         evaluate=evaluator_for(data, attack, device), x_train=x_train, y_train=y_train,
+                         evaluate=evaluator_for(data, attack, device, bf16=cfg.bf16), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes, target_label=attack.target,
                          params=prof.defense_params())
     check_writable([ckpt.parent, run_dir("results", prof.name, args.dataset, args.attack)],
@@ -82,7 +84,7 @@ def defend(args: argparse.Namespace) -> None:
     final = result.history[-1]
     # device_hours: the defence's one clock (backdoor.train.Clock), evaluation excluded; per epoch in
     # history[i]["device_seconds"], so Fig. 6 can charge any budget.
-    info = {"defense": args.defense, **prof.stamp(), "dataset": args.dataset, "attack": args.attack,
+    info = {"defense": args.defense, **prof.stamp(device), "dataset": args.dataset, "attack": args.attack,
             "finetune": cfg, "sft": prof.sft if args.defense == "sft" else None, "final": final,
             "before": result.history[0], "train_seconds": sum(r["seconds"] for r in result.history),
             "device": str(device), **result.info}

@@ -86,9 +86,9 @@ def pretrain_clean(args: argparse.Namespace) -> None:
     model = make_model("preactresnet18", data.num_classes, prof.width, pretrain).to(device)
     x_test = data.x_test.to(device)
     history = fit(model, data.x_train, data.y_train, cfg, desc="pretrain clean",
-                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test)})
+                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
     meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": pretrain}, "attack": None, **prof.stamp(), "train": cfg, "seed": prof.seed,
+                     "dataset": pretrain}, "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
     write_result(run_dir("results", prof.name, pretrain, "clean") / "model.json", {**meta, "history": history})
     save_model(clean_path(prof, pretrain), model, jsonable(meta))
@@ -128,13 +128,13 @@ def run(args: argparse.Namespace) -> None:
           {"finetune": cfg, "sft": sft, "triggers": list(attacks), "device": device})
     # Every downstream test image gets the trigger: the metric leaves out class c's own images per c.
     triggered = {a: bake(att, down.x_test).to(device) for a, att in attacks.items()}
-    evaluate = make_transfer_evaluator(down.x_test.to(device), down.y_test, triggered, down.num_classes)
+    evaluate = make_transfer_evaluator(down.x_test.to(device), down.y_test, triggered, down.num_classes, bf16=cfg.bf16)
     ctx = DefenseContext(model=model, x_clean=down.x_train, y_clean=down.y_train, train=cfg, evaluate=evaluate,
                          num_classes=down.num_classes, params={"sft": sft})
     result = get_defense(args.defense)(ctx)
     final = result.history[-1]
     out = run_dir("results", prof.name, "transfer", args.downstream) / args.attack / f"{args.defense}.json"
-    write_result(out, {**prof.stamp(), "pretrain": sw.pretrain, "downstream": args.downstream,
+    write_result(out, {**prof.stamp(device), "pretrain": sw.pretrain, "downstream": args.downstream,
                        "attack": args.attack, "defense": args.defense, "triggers": list(attacks), "finetune": cfg,
                        "sft": sft if args.defense == "sft" else None, "final": final,
                        "train_seconds": sum(r["seconds"] for r in result.history), **result.info,

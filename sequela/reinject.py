@@ -50,7 +50,7 @@ def reinject(model: nn.Module, attack: Attack, data: ImageData, cfg: TrainConfig
                 "history": []}
     device = next(model.parameters()).device
     attack.to(device)
-    ev = evaluate or live_evaluator(data, attack, device)
+    ev = evaluate or live_evaluator(data, attack, device, cfg.bf16)
     if n_poison == 0:
         history = fit(model, data.x_train, data.y_train, cfg, evaluate=ev, desc="reinject (control)")
     elif attack.trains_own_loop:

@@ -98,10 +98,10 @@ def test_abl_unlearning_ascends_the_loss_of_the_isolated_set():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 3))
     x = torch.randint(0, 256, (12, 3, 4, 4), dtype=torch.uint8)
     y = torch.zeros(12, dtype=torch.long)
-    before = per_sample_loss(model, x, y).mean().item()
+    before = per_sample_loss(model, x, y, bf16=False).mean().item()
     cfg = ABLConfig(variant="method", unlearn=Budget(epochs=3, lr=0.05, batch_size=4))
     hist = unlearn(model, x, y, cfg, TrainConfig(crop_pad=0), Stages({"epoch": 0}, Clock(torch.device("cpu"))))
-    after = per_sample_loss(model, x, y).mean().item()
+    after = per_sample_loss(model, x, y, bf16=False).mean().item()
     assert len(hist) == 4 and after > before + 0.1
     assert ascent_loss(FixedLogits(torch.zeros(1, 2)), x[:1], y[:1]).item() == pytest.approx(-np.log(2), abs=1e-6)
 

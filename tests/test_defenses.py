@@ -41,7 +41,7 @@ def bd(digits):
     attack = make_attack("badnets", target=TARGET)
     xp, yp, idx = poison_train_set(digits.x_train, digits.y_train, attack, RATIO, seed=0)
     x_bd, y_bd = poisoned_test_set(digits.x_test, digits.y_test, attack)
-    evaluate = make_evaluator(digits.x_test, digits.y_test, x_bd, y_bd, TARGET)
+    evaluate = make_evaluator(digits.x_test, digits.y_test, x_bd, y_bd, TARGET, bf16=False)
     torch.manual_seed(0)
     model = make_model("preactresnet18", 10, WIDTH, "digits")
     # Adam learns the 3x3 patch of a width-8 net in ~4 epochs; SGD at lr 0.01 needs 10+.
@@ -162,8 +162,8 @@ def test_nad_attention_loss_decreases(bd):
 
 def test_abl_isolation_takes_the_lowest_loss_fraction_mostly_poison(bd):
     # The isolation step on a model that has learnt the backdoor (ABL's premise for its tuning stage).
-    iso = isolate(bd.model, bd.xp, bd.yp, 0.01)
-    losses = per_sample_loss(bd.model, bd.xp, bd.yp)
+    iso = isolate(bd.model, bd.xp, bd.yp, 0.01, bf16=False)
+    losses = per_sample_loss(bd.model, bd.xp, bd.yp, bf16=False)
     assert len(iso) == int(0.01 * len(bd.xp))
     assert losses[iso].max() <= losses[~torch.isin(torch.arange(len(bd.xp)), iso)].min()
     precision = detection_scores(iso, bd.idx)["detection_precision"]

@@ -181,7 +181,7 @@ def test_downstream_asr_excludes_target_class():
     x[:, 0, 0, 0] = y.to(torch.uint8)  # class code survives the bottom-right trigger
     data = ImageData("t", x, y, x, y, 10)
     attack = BadEncoder(target=0)
-    scores = evaluator_for(data, attack, torch.device("cpu"))(_LookupModel(0, {0, 2}))
+    scores = evaluator_for(data, attack, torch.device("cpu"), bf16=False)(_LookupModel(0, {0, 2}))
     # 6 non-target images, the two of class 2 go to the target: 2/6 (with target images: 6/10)
     assert scores["asr"] == pytest.approx(2 / 6) and scores["ca"] == pytest.approx(8 / 10)
 

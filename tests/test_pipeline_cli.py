@@ -21,7 +21,7 @@ CPU = torch.device("cpu")
 def _scores(chain, name: str) -> dict:
     """CA/ASR of a saved checkpoint, measured afresh."""
     model, attack, _ = load_backdoored(chain.checkpoints_dir / f"{name}.safetensors", CPU)
-    return evaluator_for(chain.data, attack, CPU)(model)
+    return evaluator_for(chain.data, attack, CPU, bf16=False)(model)
 
 
 def _poisoned(chain):

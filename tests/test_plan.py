@@ -75,11 +75,14 @@ def test_report_total_is_the_sum_of_the_figures():
     assert lines[2].strip().endswith("standalone train digits badnets") and lines[4].startswith("table1        0 new")
 
 
-def test_bench_file_parsed(tmp_path):
+def test_bench_file_parsed_for_the_profiles_precision(tmp_path):
     f = tmp_path / "bench.txt"
-    f.write_text("loop  img/s s/epoch\nreference (PIL + DataLoader, fp32, NCHW)       5000   4.00\n"
-                 "ours (device uint8, channels_last, bf16 on GPU)     21234   0.94\n")
-    assert plan.bench_img_per_s(f) == 21234.0
+    f.write_text("loop  img/s s/epoch\nreference (PIL + DataLoader, fp32, NCHW)       5000 (4000-6000)   4.00\n"
+                 "ours fp32 (device uint8, channels_last)     12000 (11000-13000)   1.60\n"
+                 "ours bf16 autocast (device uint8, channels_last)     21234 (20000-22000)   0.94\n")
+    assert (plan.bench_img_per_s(f, "fp32"), plan.bench_img_per_s(f, "bf16")) == (12000.0, 21234.0)
+    f.write_text("ours fp32 (device uint8, channels_last)     108 (80-132)   1.2\n")  # a CPU bench: fp32 only
+    assert plan.bench_img_per_s(f, "bf16") == 108.0
     f.write_text("nothing here\n")
-    with pytest.raises(SystemExit, match="no 'ours ... img/s' line"):
-        plan.bench_img_per_s(f)
+    with pytest.raises(SystemExit, match="no 'ours bf16 ... img/s' line"):
+        plan.bench_img_per_s(f, "bf16")

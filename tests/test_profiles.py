@@ -47,7 +47,12 @@ def test_precision_is_a_profile_field_recorded_in_results():
     paper = get_profile("paper")
     assert not paper.train_config("cifar10").bf16 and not paper.finetune_config("cifar10").bf16
     assert not paper.encoder_config("simclr").bf16
-    assert SMOKE.train_config("digits").bf16 and SMOKE.stamp()["precision"] == "bf16"
+    assert SMOKE.train_config("digits").bf16 and SMOKE.bf16 and not paper.bf16
+    # Results record the precision used, not the one asked for: bf16 autocast exists only on CUDA.
+    assert SMOKE.stamp(torch.device("cuda"))["precision"] == "bf16"
+    assert SMOKE.stamp(torch.device("cpu"))["precision"] == "fp32"
+    assert paper.stamp(torch.device("cuda"))["precision"] == "fp32"
+    assert SMOKE.stamp(None)["precision"] is None  # a result that ran no model (Fig. 1's LR trace)
     with pytest.raises(ValueError, match="precision 'fp16'; choose one of: fp32, bf16"):
         replace(SMOKE, precision="fp16")
 
@@ -90,7 +95,7 @@ def test_override_lands_in_its_own_directory(tmp_path, monkeypatch):
     monkeypatch.setattr(common, "ARTIFACTS", tmp_path)
     args = argparse.Namespace(profile="smoke", set=["finetune_epochs=5", "sft.lr_max1=0.3"])
     prof = profile_from(args)
-    assert re.fullmatch(r"smoke\+[0-9a-f]{8}", prof.name) and prof.stamp()["overrides"] == {
+    assert re.fullmatch(r"smoke\+[0-9a-f]{8}", prof.name) and prof.stamp(None)["overrides"] == {
         "finetune_epochs": 5, "sft.lr_max1": 0.3}
     saved = json.loads((tmp_path / "results" / prof.name / "overrides.json").read_text())
     assert saved == {"base": "smoke", "set": {"finetune_epochs": 5, "sft.lr_max1": 0.3}}

@@ -183,6 +183,18 @@ def test_page_images_exist_and_every_row_has_a_verdict(tmp_path):
     assert md.count("| not run yet |") == len(SPEC["numbers"]) and "digits" not in md.split("## Numbers")[1][:200]
     fig4 = next(f for f in rep["figures"] if f["name"] == "figure4")
     assert fig4["caption"].startswith("Figure 4: Accuracy of conventional fine-tuning")
+    page_html = (out / "index.html").read_text()
+    assert f'<details open><summary>{len(SPEC["numbers"])} rows</summary>' in page_html  # paper: numbers shown
+    assert f'Figures (2 of {len(rep["figures"])} made)' in page_html
+
+
+def test_digits_page_folds_the_numbers_it_cannot_compare(tmp_path):
+    # Checked in headless Chromium: on digits 62 "not in profile" rows stood between the claims and the figures.
+    out = tmp_path / "out"
+    report.build("smoke", tmp_path / "nothing", tmp_path / "nofigs", out)
+    page_html = (out / "index.html").read_text()
+    assert f'<details><summary>{len(SPEC["numbers"])} rows</summary>' in page_html
+    assert page_html.index('id="claims"') < page_html.index('id="numbers"') < page_html.index('id="figures"')
 
 
 def test_missing_results_are_not_run_with_their_target(tmp_path):

@@ -47,7 +47,7 @@ def _memoriser(x: torch.Tensor, y: torch.Tensor) -> nn.Module:
     net = nn.Sequential(nn.Flatten(), nn.Linear(3 * 32 * 32, 512), nn.ReLU(), nn.Linear(512, 10))
     cfg = TrainConfig(epochs=150, batch_size=50, lr=0.05, weight_decay=0.0, crop_pad=0, channels_last=False)
     fit(net, x, y, cfg)
-    assert accuracy(net, x, y) == 1.0
+    assert accuracy(net, x, y, bf16=False) == 1.0
     return net
 
 
@@ -126,8 +126,8 @@ def test_reinject_without_poison_leaves_asr_at_baseline(digits: ImageData, sft_m
     target no more often than clean non-target images do under the same model, give or take noise."""
     model, attack = sft_model
     keep = digits.y_test != attack.target
-    ev = evaluator_for(digits, attack, torch.device("cpu"))
-    evaluate = lambda m: {**ev(m), "base": (predict(m, digits.x_test[keep]) == attack.target).float().mean().item()}  # noqa: E731
+    ev = evaluator_for(digits, attack, torch.device("cpu"), bf16=False)
+    evaluate = lambda m: {**ev(m), "base": (predict(m, digits.x_test[keep], bf16=False) == attack.target).float().mean().item()}  # noqa: E731
     rec = reinject(model, attack, digits, SMOKE.train_config("digits"), 3, 0.0, seed=1,
                    evaluate=evaluate, control=True)
     h = rec["history"]

@@ -68,7 +68,8 @@ def _images(values: list[int]) -> torch.Tensor:
 
 def test_transfer_evaluator_reports_ca_and_asr_per_trigger():
     y = torch.tensor([0, 1, 2, 2])
-    ev = make_transfer_evaluator(_images([0, 1, 0, 2]), y, {"a": _images([1, 1, 1, 1]), "b": _images([0, 1, 2, 2])}, 3)
+    ev = make_transfer_evaluator(_images([0, 1, 0, 2]), y, {"a": _images([1, 1, 1, 1]), "b": _images([0, 1, 2, 2])}, 3,
+                                 bf16=False)
     out = ev(_PixelClassifier(3))
     assert out["ca"] == pytest.approx(0.75)
     assert (out["asr_a"], out["asr_class_a"]) == (pytest.approx(1.0), 1)  # every non-1 image goes to 1
@@ -193,7 +194,7 @@ def test_full_fraction_point_is_a_prefix_of_the_standalone_sft_run(tiny):
     model, attack, _ = common.load_backdoored(
         common.run_dir("checkpoints", "smoke", "digits", "badnets") / "backdoor.safetensors", torch.device("cpu"))
     ctx = DefenseContext(model, tiny.x_train, tiny.y_train, replace(SMOKE.finetune_config("digits"), epochs=3),
-                         common.evaluator_for(tiny, attack, torch.device("cpu")), params={"sft": SMOKE.sft})
+                         common.evaluator_for(tiny, attack, torch.device("cpu"), bf16=False), params={"sft": SMOKE.sft})
     longer = get_defense("sft")(ctx).history
     strip = lambda h: json.dumps([{k: v for k, v in r.items() if not k.endswith("seconds")} for r in h])  # NaN-safe  # noqa: E731
     assert strip(short) == strip(longer[:3])
@@ -246,7 +247,7 @@ def test_transfer_run_starts_from_the_backdoored_model_with_a_fresh_seeded_head(
     down = transfer.load_downstream("digits5to9")
     model, attack, _ = common.load_backdoored(smoke_chain.checkpoints_dir / "backdoor.safetensors", torch.device("cpu"))
     transfer.swap_head(model, 5, SMOKE.seed)
-    ev = make_transfer_evaluator(down.x_test, down.y_test, {"badnets": bake(attack, down.x_test)}, 5)
+    ev = make_transfer_evaluator(down.x_test, down.y_test, {"badnets": bake(attack, down.x_test)}, 5, bf16=False)
     out, keys = ev(model), ("ca", "asr_badnets", "asr_class_badnets")
     assert {k: out[k] for k in keys} == {k: r["history"][0][k] for k in keys}
     assert len(r["history"]) == get_profile("smoke").sweeps.transfer_epochs + 1 and r["final"]["ca"] > 0.9

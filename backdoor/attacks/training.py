@@ -21,7 +21,7 @@ from .base import Attack
 Evaluator = Callable[[nn.Module], dict]
 
 
-def live_evaluator(data: ImageData, attack: Attack, device: torch.device) -> Evaluator:
+def live_evaluator(data: ImageData, attack: Attack, device: torch.device, bf16: bool) -> Evaluator:
     """CA/ASR/RA evaluator that builds the triggered test set when first called, after the trigger
     exists, and rebuilds it on every call for attacks whose trigger is still being learned."""
     x_test = data.x_test.to(device)
@@ -30,7 +30,7 @@ def live_evaluator(data: ImageData, attack: Attack, device: torch.device) -> Eva
     def evaluate(model: nn.Module) -> dict:
         if "ev" not in cache or getattr(attack, "learns_trigger", False):
             x_bd, y_bd = poisoned_test_set(data.x_test, data.y_test, attack)
-            cache["ev"] = make_evaluator(x_test, data.y_test, x_bd.to(device), y_bd, attack.target)
+            cache["ev"] = make_evaluator(x_test, data.y_test, x_bd.to(device), y_bd, attack.target, bf16=bf16)
         return cache["ev"](model)
 
     return evaluate
@@ -82,7 +82,7 @@ def train_backdoored(attack: Attack, model: nn.Module, data: ImageData, cfg, rat
     device = next(model.parameters()).device
     attack.to(device)
     if evaluate is True:
-        evaluate = live_evaluator(data, attack, device)
+        evaluate = live_evaluator(data, attack, device, cfg.bf16)
     ev = evaluate or None
     if attack.trains_own_loop:
         return attack.train_backdoor(model, data.x_train, data.y_train, cfg, ratio, seed, ev)
