@@ -17,6 +17,10 @@ export ARTIFACTS = $(A)
 # SET="key=value ..." overrides profile settings (typed, checked: experiments/profiles.py); every step gets
 # them as --set. Overridden, the artifacts go to <profile>+<hash of the overrides>, never the profile's own.
 SET      ?=
+# SEEDS=0,1 is SET="seeds=0,1" (README "Seeds").
+ifneq ($(SEEDS),)
+override SET := $(SET) seeds=$(SEEDS)
+endif
 SETFLAGS  = $(foreach s,$(SET),--set $(s))
 PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
 # Goals that only start a sub-make with their own PROFILE (demo: demo, all: $(PROFILE), default paper) resolve SET there.
@@ -148,16 +152,41 @@ $(RS)/figure1_lr.json: | $(STAMP)
 $(FG)/figure1.png: $(RS)/figure1_lr.json
 	$(PY) -m figures.figure1 $< --out $@
 
+# Seeds (SET="seeds=0,1"): each seed's FT/SFT results are built by a sub-make under SET="<the other overrides>
+# seed=s", so they land exactly where that SET alone writes (reusable; never the profile's own); figure4, summary and
+# report then combine the seeds' results (SRS) into $(PDIR), the profile with the seeds override.
+# SEED_DIRS ("seed:directory" words) comes from experiments/profiles.py seed_runs, the mapping's one owner.
+ifneq ($(filter seeds=%,$(SET)),)
+ifeq ($(origin SEED_DIRS),undefined)
+SEED_DIRS := $(shell $(PY) -m experiments.profiles $(PROFILE) seed_dirs $(SETFLAGS))
+$(if $(SEED_DIRS),,$(error SET="$(SET)": no seed directories; see the line above))
+endif
+ifeq ($(MAKELEVEL),0)
+$(if $(filter-out figure4 summary report,$(MAKECMDGOALS)),$(error SET="seeds=..." runs figure4, summary and report; \
+  for other targets give one seed: SET="seed=S"))
+endif
+endif
+seed_dir   = $(A)/results/$(lastword $(subst :, ,$(1)))
+SRS        = $(if $(SEED_DIRS),$(foreach p,$(SEED_DIRS),$(call seed_dir,$(p))),$(RS))
+defended   = $(foreach d,$(1),$(foreach r,$(runs),$(d)/$(r)/ft.json $(d)/$(r)/sft.json))
+# The seeds' sub-makes (none without seeds), then the one that combines; `&&` stops at a failed seed.
+seeded_make = $(foreach p,$(SEED_DIRS),$(SUBMAKE) SEEDS= SET="$(strip $(filter-out seeds=%,$(SET)) \
+  seed=$(firstword $(subst :, ,$(p))))" PDIR=$(lastword $(subst :, ,$(p))) $(call defended,$(call seed_dir,$(p))) &&) \
+  $(SUBMAKE) $(if $(SEED_DIRS),PDIR=$(PDIR) SEED_DIRS="$(SEED_DIRS)")
+ifneq ($(SEED_DIRS),)
+$(call defended,$(SRS)):  # made by the seeds' sub-makes (a rule here so that `make -n` lists them all)
+endif
+
 figure4: $(STAMP)
-	@+$(SUBMAKE) $(FG)/figure4.png
-$(FG)/figure4.png: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
-	$(PY) -m figures.figure4 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
+	@+$(seeded_make) $(FG)/figure4.png
+$(FG)/figure4.png: $(call defended,$(SRS))
+	$(PY) -m figures.figure4 --results $(SRS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 summary: $(STAMP)
-	@+$(SUBMAKE) $(RS)/summary.txt
+	@+$(seeded_make) $(RS)/summary.txt
 	@cat $(RS)/summary.txt
-$(RS)/summary.txt: $(foreach r,$(runs),$(RS)/$(r)/ft.json $(RS)/$(r)/sft.json)
-	$(PY) -m experiments.summary $(PROFLAGS) --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
+$(RS)/summary.txt: $(call defended,$(SRS))
+	$(PY) -m experiments.summary $(PROFLAGS) --results $(SRS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 clean-demo:
 	rm -rf $(A)/checkpoints/demo $(A)/results/demo $(A)/figures/demo

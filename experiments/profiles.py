@@ -89,6 +89,9 @@ class Profile:
     poison_ratio: float = 0.1
     target: int = 0
     seed: int = 0
+    # Several seeds (SET="seeds=0,1"): Make runs each standalone step once per seed, each where SET="seed=s" writes
+    # (`seed_runs`), and figure4/summary/report combine them; () = one run at `seed`.
+    seeds: tuple[int, ...] = ()
     # Section 6 (backdoor sequela): re-injection epochs and poison ratios, MIA attack-model epochs.
     reinject_epochs: int = 25
     reinject_ratios: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
@@ -103,6 +106,8 @@ class Profile:
         if self.finetune_epochs < 1 or self.attack_train.epochs < 1:
             raise ValueError(f"profile {self.name!r}: finetune_epochs and attack_train.epochs must be >= 1 "
                              f"(got {self.finetune_epochs}, {self.attack_train.epochs})")
+        if len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"profile {self.name!r}: seeds {self.seeds} repeat a seed; give each once")
         if self.precision not in PRECISIONS:
             raise ValueError(f"profile {self.name!r}: precision {self.precision!r}; choose one of: "
                              f"{', '.join(PRECISIONS)}")
@@ -376,11 +381,26 @@ def resolve(name: str, sets: list[str] | tuple[str, ...] = ()) -> Profile:
     prof = get_profile(name)
     if not sets:
         return prof
-    for key, text in parse_sets(list(sets)):
+    pairs = parse_sets(list(sets))
+    keys = {key for key, _ in pairs}
+    for key, text in pairs:
         prof = _set(prof, key.split("."), text, key)
-    parsed = {key: jsonable(_get(prof, key.split("."))) for key, _ in parse_sets(list(sets))}
+    if "seeds" in keys and ("seed" in keys or not prof.seeds):
+        raise ValueError("--set seeds=a,b: give at least one seed and no seed= beside it (each seed is its own run)")
+    parsed = {key: jsonable(_get(prof, key.split("."))) for key, _ in pairs}
     digest = hashlib.sha256(json.dumps(parsed, sort_keys=True).encode()).hexdigest()[:8]
     return replace(prof, name=f"{name}+{digest}", overrides=parsed)
+
+
+def seed_runs(name: str, sets: list[str] | tuple[str, ...] = ()) -> list[tuple[int, str]]:
+    """(seed, artifact directory) of each seed: exactly where `sets` minus seeds= plus seed=s writes.
+
+    No seeds: the profile's one run. The one owner of this mapping (Make reads it as the `seed_dirs` field)."""
+    prof = resolve(name, sets)
+    if not prof.seeds:
+        return [(prof.seed, prof.name)]
+    others = [s for s, (key, _) in zip(sets, parse_sets(list(sets))) if key != "seeds"]
+    return [(s, resolve(name, [*others, f"seed={s}"]).name) for s in prof.seeds]
 
 
 def _get(obj: Any, path: list[str]) -> Any:
@@ -396,9 +416,13 @@ def add_profile_args(ap: argparse.ArgumentParser) -> None:
                     help="override a profile setting, e.g. finetune_epochs=5 or sft.lr_max1=0.3 (repeatable)")
 
 
-def profile_from(args: argparse.Namespace) -> Profile:
-    """The step's profile; an overridden one writes its overrides beside its artifacts."""
+def profile_from(args: argparse.Namespace, several_seeds: bool = False) -> Profile:
+    """The step's profile; an overridden one writes its overrides beside its artifacts. A step that runs one seed
+    refuses seeds= (its results would land in the combined directory, where nothing reads them)."""
     prof = resolve(args.profile, args.set)
+    if prof.seeds and not several_seeds:
+        raise ValueError(f"--set seeds={','.join(map(str, prof.seeds))}: this step runs one seed; `make figure4`, "
+                         "`summary` and `report` run each seed (one seed alone: --set seed=S)")
     if prof.overrides:
         for kind in ("checkpoints", "results"):
             atomic_write_json(common.ARTIFACTS / kind / prof.name / "overrides.json",
@@ -415,11 +439,14 @@ def field_text(prof: Profile, key: str) -> str:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print a profile's field (for the Makefile) or all of it.")
     ap.add_argument("profile")
-    ap.add_argument("field", nargs="?", help="e.g. datasets, name, encoder.pretrain_sets, sweep_lists")
+    ap.add_argument("field", nargs="?", help="e.g. datasets, name, encoder.pretrain_sets, sweep_lists, seed_dirs")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
     try:
         p = resolve(a.profile, a.set)
-        print(field_text(p, a.field) if a.field else json.dumps(p.to_dict(), indent=1))
+        if a.field == "seed_dirs":  # seed:directory words, for the Makefile's per-seed sub-makes
+            print(" ".join(f"{seed}:{d}" for seed, d in seed_runs(a.profile, a.set)))
+        else:
+            print(field_text(p, a.field) if a.field else json.dumps(p.to_dict(), indent=1))
     except (ValueError, KeyError, AttributeError) as e:
         sys.exit(f"error: {e}")

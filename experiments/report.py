@@ -5,7 +5,8 @@
 Reads the result files that exist under artifacts/results/<profile>/ and writes
 artifacts/report/<profile>/REPRODUCTION.md and index.html. A missing file makes its row
 "not run" with the make target that writes it; the report never fails for want of results.
-The paper's side lives in experiments/paper_numbers.json.
+The paper's side lives in experiments/paper_numbers.json. With several seeds (--set seeds=0,1)
+it reads each seed's directory: ours = mean +- sample std (ddof=1) and n, each claim checked per seed.
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ from typing import Any, Callable, Optional
 from backdoor.checkpoint import atomic_write_bytes
 from defenses import DEFENSES
 from experiments.common import ARTIFACTS, run_main
-from experiments.profiles import Profile, add_profile_args, resolve as resolve_profile
+from experiments.profiles import Profile, add_profile_args, resolve as resolve_profile, seed_runs
+from experiments.summary import spread
 from experiments.sweeps import SweepConfig, figure_points, read_point
 
 SPEC = Path(__file__).with_name("paper_numbers.json")
@@ -188,21 +190,32 @@ def our_value(entry: dict, results: Results) -> tuple[str, Optional[float], str]
     return "ok", reduce_values(values, res["reduce"]) if over else values[0], ""
 
 
-def number_row(entry: dict, results: Results, scope: Scope) -> dict:
+def number_row(entry: dict, results: Results | list[Results], scope: Scope) -> dict:
+    """One number's row; several Results (one per seed): ours is their mean (ours_sd: sample std, n: seeds)."""
+    seeds = results if isinstance(results, list) else [results]
     row = {"id": entry["id"], "section": entry["section"], "figure": entry["figure"], "metric": entry["metric"],
-           "setting": setting_text(entry["setting"]), "paper": entry["paper"], "ours": None, "diff": None,
+           "setting": setting_text(entry["setting"]), "paper": entry["paper"], "ours": None, "ours_sd": None,
+           "n": len(seeds), "diff": None,
            "key": f"{entry['result']['file']} : {entry['result']['field']}", "detail": "",
            "quote": entry["quote"] + (f" [note: {entry['note']}]" if entry.get("note") else "")}
     reason = not_in_profile(entry["setting"], scope)
     if reason:
         return {**row, "verdict": "not in profile", "detail": reason}
-    status, value, detail = our_value(entry, results)
-    if status == "missing":
-        return {**row, "verdict": "not run yet", "detail": f"{scope.target(entry['target'])} ({detail})"}
-    if status == "bad":
-        return {**row, "verdict": "not comparable", "detail": detail}
-    diff = None if value is None else value - entry["paper"]
-    return {**row, "ours": value, "diff": diff, "verdict": verdict(entry["metric"], entry["paper"], value)}
+    outs = [our_value(entry, r) for r in seeds]
+    where = (lambda r: f"{r.root.name}/") if len(seeds) > 1 else (lambda r: "")  # noqa: E731
+    for want, shown in (("missing", "not run yet"), ("bad", "not comparable")):
+        hit = next(((r, o) for r, o in zip(seeds, outs) if o[0] == want), None)
+        if hit:
+            r, (_, _, detail) = hit
+            text = f"{scope.target(entry['target'])} ({where(r)}{detail})" if want == "missing" else where(r) + detail
+            return {**row, "verdict": shown, "detail": text}
+    values = [v for _, v, _ in outs]
+    if any(v is None for v in values):  # a seed that never reached (e.g. ASR 0.8): no mean
+        return {**row, "verdict": verdict(entry["metric"], entry["paper"], None),
+                "detail": f"{sum(v is None for v in values)} of {len(values)} seeds never reached it"}
+    mean, sd, _ = spread(values)
+    return {**row, "ours": mean, "ours_sd": sd, "diff": mean - entry["paper"],
+            "verdict": verdict(entry["metric"], entry["paper"], mean)}
 
 
 def setting_text(s: dict) -> str:
@@ -401,8 +414,20 @@ CHECKS: dict[str, Callable[[dict, Scope, Results], Outcome]] = {
     "reinject_faster": check_reinject_faster, "reinject_not_most": check_reinject_not_most}
 
 
-def claim_row(claim: dict, scope: Scope, results: Results) -> dict:
-    status, detail = CHECKS[claim["check"]](claim["params"], scope, results)
+def per_seed(outs: list[Outcome], names: list[str]) -> Outcome:
+    """One claim over seeds: holds when it holds in every seed that ran it, does not hold when one fails."""
+    ran = [s for s, _ in outs if s in ("holds", "does not hold")]
+    if not ran:
+        return outs[0]
+    status = "holds" if all(s == "holds" for s in ran) else "does not hold"
+    return status, (f"holds in {ran.count('holds')} of {len(outs)} seeds: "
+                    + " | ".join(f"{n}: {s}, {d}" for n, (s, d) in zip(names, outs)))
+
+
+def claim_row(claim: dict, scope: Scope, results: Results | list[Results]) -> dict:
+    seeds = results if isinstance(results, list) else [results]
+    outs = [CHECKS[claim["check"]](claim["params"], scope, r) for r in seeds]
+    status, detail = outs[0] if len(outs) == 1 else per_seed(outs, [r.root.name for r in seeds])
     if status == "not run":
         detail = f"{scope.target(claim['target'])} ({detail})"
     elif status == NOT_IN_PROFILE:
@@ -456,14 +481,18 @@ def precision_read(recs: list[dict]) -> str:
     return "mixed: " + ", ".join(f"{name} ({n} files)" for name, n in sorted(counts.items()))
 
 
-def provenance(scope: Scope, results: Results) -> dict[str, str]:
-    recs = results.read()
+def provenance(scope: Scope, results: Results | list[Results]) -> dict[str, str]:
+    seeds = results if isinstance(results, list) else [results]
+    recs = [rec for r in seeds for rec in r.read()]
     devices = sorted({str(r["device"]) for r in recs if r.get("device")})
     precision = precision_read(recs)
-    return {"git": git_state(), "torch": metadata.version("torch"),
-            "device": ", ".join(devices) or "not recorded (no results)", "profile": scope.name,
-            "precision": precision, "result files read": str(len(recs)),
-            "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    out = {"git": git_state(), "torch": metadata.version("torch"),
+           "device": ", ".join(devices) or "not recorded (no results)", "profile": scope.name,
+           "precision": precision, "result files read": str(len(recs)),
+           "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    if len(seeds) > 1:
+        out["seeds"] = f"n={len(seeds)}: " + ", ".join(r.root.name for r in seeds)
+    return out
 
 
 def digits_only(scope: Scope, spec: dict) -> bool:
@@ -487,7 +516,12 @@ CLAIM_COLS = ("section", "figure", "claim", "verdict", "detail")
 
 
 def cells(row: dict, cols: tuple[str, ...]) -> list[str]:
-    return [fmt(row[c], signed=c == "diff") for c in cols]
+    """Formatted cells; over several seeds, ours reads `mean ± sd (n=N)`."""
+    def cell(c: str) -> str:
+        if c == "ours" and row.get("ours_sd") is not None:
+            return f"{fmt(row['ours'])} ± {fmt(row['ours_sd'])} (n={row['n']})"
+        return fmt(row[c], signed=c == "diff")
+    return [cell(c) for c in cols]
 
 
 def md_table(rows: list[dict], cols: tuple[str, ...]) -> str:
@@ -502,13 +536,15 @@ def counts(rows: list[dict], verdicts: tuple[str, ...]) -> str:
                      if any(r["verdict"] == v for r in rows))
 
 
+SEEDS_NOTE = ("Over several seeds, ours is the mean ± the sample standard deviation (ddof=1) over the seeds, "
+              "with their number n; diff and verdict use the mean. Each claim is checked per seed.")
 DIGITS_NOTE = ("This profile trains on `digits`, not on the paper's datasets, so the numeric comparison is "
                "meaningless here (its rows read 'not in profile'); the claims table is what counts.")
 
 
 def markdown(rep: dict) -> str:
     prov = "\n".join(f"- {k}: {v}" for k, v in rep["provenance"].items())
-    note = f"\n> {DIGITS_NOTE}\n" if rep["digits"] else ""
+    note = (f"\n> {DIGITS_NOTE}\n" if rep["digits"] else "") + (f"\n> {SEEDS_NOTE}\n" if rep["seeds"] > 1 else "")
     return (f"# Did it reproduce? Profile `{rep['profile']}`\n\n## Provenance\n\n{prov}\n\n"
             f"## Claims ({counts(rep['claims'], CLAIM_VERDICTS)})\n\n{md_table(rep['claims'], CLAIM_COLS)}\n\n"
             f"## Numbers ({counts(rep['numbers'], NUMBER_VERDICTS)})\n{note}\n"
@@ -545,7 +581,8 @@ def html_page(rep: dict) -> str:
     figs = "".join(f'<figure><img src="{e(f["src"])}" alt="{e(f["name"])}"><figcaption>{e(f["caption"])}'
                    f"</figcaption></figure>" if f["src"] else
                    f'<p class="not"><b>not run</b> ({e(f["target"])}): {e(f["caption"])}</p>' for f in rep["figures"])
-    note = f'<p class="note">{e(DIGITS_NOTE)}</p>' if rep["digits"] else ""
+    note = (f'<p class="note">{e(DIGITS_NOTE)}</p>' if rep["digits"] else "") + (
+        f'<p class="note">{e(SEEDS_NOTE)}</p>' if rep["seeds"] > 1 else "")
     shown = sum(1 for f in rep["figures"] if f["src"])
     # On digits every number row reads "not in profile": folded, so the claims and figures are one scroll apart.
     fold = "" if rep["digits"] else " open"
@@ -575,13 +612,15 @@ def figures(spec: dict, fig_dir: Path, out_dir: Path, scope: Scope) -> list[dict
     return out
 
 
-def build(profile: str, results_dir: Path, fig_dir: Path, out_dir: Path, spec_path: Path = SPEC,
+def build(profile: str, results_dir: Path | list[Path], fig_dir: Path, out_dir: Path, spec_path: Path = SPEC,
           sets: tuple[str, ...] = ()) -> dict:
-    """Compare, check, and write REPRODUCTION.md and index.html; returns the report's rows."""
+    """Compare, check, and write REPRODUCTION.md and index.html; returns the report's rows.
+    `results_dir`: the profile's results, or one directory per seed."""
     spec, scope = load_spec(spec_path), make_scope(profile, sets)
     profile = scope.name
-    results = Results(results_dir)
-    rep = {"profile": profile, "digits": digits_only(scope, spec),
+    dirs = results_dir if isinstance(results_dir, list) else [results_dir]
+    results = [Results(d) for d in dirs]
+    rep = {"profile": profile, "digits": digits_only(scope, spec), "seeds": len(results),
            "numbers": [number_row(n, results, scope) for n in spec["numbers"]],
            "claims": [claim_row(c, scope, results) for c in spec["claims"]],
            "figures": figures(spec, fig_dir, out_dir, scope)}
@@ -601,14 +640,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_profile_args(ap)
     ap.set_defaults(profile="demo")
-    ap.add_argument("--results", help="default: artifacts/results/<profile>")
+    ap.add_argument("--results", nargs="+", help="default: artifacts/results/<profile> (one per seed with seeds=)")
     ap.add_argument("--figures", help="default: artifacts/figures/<profile>")
     ap.add_argument("--out", help="default: artifacts/report/<profile>")
     args = ap.parse_args(argv)
 
     def step(a: argparse.Namespace) -> None:
         name = resolve_profile(a.profile, a.set).name  # demo, or demo+<hash> under --set
-        res = Path(a.results or ARTIFACTS / "results" / name)
+        res = [Path(r) for r in a.results or [ARTIFACTS / "results" / d for _, d in seed_runs(a.profile, a.set)]]
         figs = Path(a.figures or ARTIFACTS / "figures" / name)
         out = Path(a.out or ARTIFACTS / "report" / name)
         rep = build(a.profile, res, figs, out, sets=tuple(a.set))

@@ -44,10 +44,12 @@ def save(fig: plt.Figure, out: str | Path) -> None:
     plt.close(fig)
 
 
-def figure_args(doc: str | None, *names: str) -> argparse.Namespace:
-    """Parse `--results DIR --out PNG` plus each required `--NAME` (space-separated lists as one string)."""
+def figure_args(doc: str | None, *names: str, per_seed: bool = False) -> argparse.Namespace:
+    """Parse `--results DIR --out PNG` plus each required `--NAME` (space-separated lists as one string);
+    `per_seed`: --results takes one directory per seed (a list)."""
     ap = argparse.ArgumentParser(description=doc)
-    ap.add_argument("--results", required=True, help="results directory, e.g. artifacts/results/<profile>")
+    ap.add_argument("--results", required=True, nargs="+" if per_seed else None,
+                    help="results directory, e.g. artifacts/results/<profile>" + ("; one per seed" if per_seed else ""))
     for name in names:
         if name == "set":  # the profile overrides, space-separated key=value; none by default
             ap.add_argument("--set", default="", help="profile overrides, e.g. 'finetune_epochs=5'")

@@ -1,6 +1,6 @@
 # Did it reproduce? (issue 17) The paper's numbers beside ours, its claims checked, every figure on one page.
-#   make report PROFILE=demo   reads what exists under $(RS); writes $(A)/report/$(PROFILE)/{REPRODUCTION.md,index.html}
+#   make report PROFILE=demo   reads what exists under $(RS) (SET="seeds=0,1": every seed's, SRS); writes $(A)/report/$(PROFILE)/{REPRODUCTION.md,index.html}
 # Missing results become "not run" rows naming their make target; the report itself never needs them.
 .PHONY: report
 report: $(STAMP)
-	@$(PY) -m experiments.report $(PROFLAGS) --results $(RS) --figures $(FG) --out $(A)/report/$(PDIR)
+	@$(PY) -m experiments.report $(PROFLAGS) --results $(SRS) --figures $(FG) --out $(A)/report/$(PDIR)
