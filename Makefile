@@ -17,9 +17,15 @@ export ARTIFACTS = $(A)
 # SET="key=value ..." overrides profile settings (typed, checked: experiments/profiles.py); every step gets
 # them as --set. Overridden, the artifacts go to <profile>+<hash of the overrides>, never the profile's own.
 SET      ?=
-# SEEDS=0,1 is SET="seeds=0,1" (README "Seeds").
+# SEEDS=0,1 is SET="seeds=0,1" (README "Seeds"), which only figure4, summary and report take (see "Seeds" below).
 ifneq ($(SEEDS),)
-override SET := $(SET) seeds=$(SEEDS)
+override SET := $(strip $(SET) seeds=$(SEEDS))
+endif
+ifneq ($(filter seeds=%,$(SET)),)
+ifeq ($(MAKELEVEL),0)
+$(if $(filter-out figure4 summary report,$(or $(MAKECMDGOALS),help)),$(error SET="$(SET)": seeds= runs figure4, \
+  summary and report; for other targets give one seed: SET="seed=S"))
+endif
 endif
 SETFLAGS  = $(foreach s,$(SET),--set $(s))
 PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
@@ -160,10 +166,6 @@ ifneq ($(filter seeds=%,$(SET)),)
 ifeq ($(origin SEED_DIRS),undefined)
 SEED_DIRS := $(shell $(PY) -m experiments.profiles $(PROFILE) seed_dirs $(SETFLAGS))
 $(if $(SEED_DIRS),,$(error SET="$(SET)": no seed directories; see the line above))
-endif
-ifeq ($(MAKELEVEL),0)
-$(if $(filter-out figure4 summary report,$(MAKECMDGOALS)),$(error SET="seeds=..." runs figure4, summary and report; \
-  for other targets give one seed: SET="seed=S"))
 endif
 endif
 seed_dir   = $(A)/results/$(lastword $(subst :, ,$(1)))

@@ -181,9 +181,12 @@ def test_make_figure4_runs_each_seed_then_combines(tmp_path):
     assert fig == [f".venv/bin/python -m figures.figure4 --results {tmp_path}/results/{d0} {tmp_path}/results/{d1} "
                    f'--datasets "digits" --attacks "badnets" --out {tmp_path}/figures/{combined}/figure4.png']
     assert "/smoke/" not in r.stdout
-    short = _make_n(tmp_path, "figure4", "SEEDS=0,1")  # the shorthand: the same steps
-    assert short.returncode == 0, short.stderr
-    assert [line for line in short.stdout.splitlines() if "python -m" in line] == \
-        [line for line in r.stdout.splitlines() if "python -m" in line]
-    bad = _make_n(tmp_path, "figure5", "SET=seeds=0,1")
-    assert bad.returncode != 0 and "runs figure4, summary and report" in bad.stderr
+
+
+
+def test_make_refuses_seeds_for_other_targets_before_any_work(tmp_path):
+    # SEEDS=0,1 is the shorthand of SET="seeds=0,1"; the check reads SET alone (no Python, no step).
+    for extra in ("SET=finetune_epochs=5 seeds=0,1", "SEEDS=0,1"):
+        bad = _make_n(tmp_path, "figure5", extra)
+        assert bad.returncode != 0 and bad.stdout == ""
+        assert "seeds=0,1\": seeds= runs figure4, summary and report" in bad.stderr, bad.stderr
