@@ -40,7 +40,7 @@ def spread_text(values: Sequence[float], sep: str = "±") -> str:
     return f"{mean:.3f}" if std is None else f"{mean:.3f}{sep}{std:.3f}"
 
 
-def table(results: Path | Sequence[Path], datasets: list[str], attacks: list[str], charge: Mapping[str, int]) -> str:
+def table(results: str | Path | Sequence[str | Path], datasets: list[str], attacks: list[str], charge: Mapping[str, int]) -> str:
     """Fixed-width table, one row per (dataset, attack); costs in device seconds, charged and full. Several results
     directories (one per seed): CA/ASR as mean±std (sample std, ddof=1) over them, costs as their mean."""
     dirs = [Path(results)] if isinstance(results, (str, Path)) else [Path(r) for r in results]
@@ -75,7 +75,7 @@ def table(results: Path | Sequence[Path], datasets: list[str], attacks: list[str
 
 def main_step(args: argparse.Namespace) -> None:
     prof = profile_from(args, several_seeds=True)
-    text = table([Path(r) for r in args.results], args.datasets.split(), args.attacks.split(), prof.charge_epochs)
+    text = table(args.results, args.datasets.split(), args.attacks.split(), prof.charge_epochs)  # one dir or a list
     atomic_write_bytes(Path(args.out), text.encode())
 
 
