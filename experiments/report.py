@@ -537,7 +537,8 @@ def counts(rows: list[dict], verdicts: tuple[str, ...]) -> str:
 
 
 SEEDS_NOTE = ("Over several seeds, ours is the mean ± the sample standard deviation (ddof=1) over the seeds, "
-              "with their number n; diff and verdict use the mean. Each claim is checked per seed.")
+              "with their number n; diff and verdict use the mean. Each claim is checked per seed. Fig. 4 draws the "
+              "mean over the seeds with a shaded min-max band.")
 DIGITS_NOTE = ("This profile trains on `digits`, not on the paper's datasets, so the numeric comparison is "
                "meaningless here (its rows read 'not in profile'); the claims table is what counts.")
 
