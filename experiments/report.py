@@ -111,6 +111,7 @@ class Scope:
     sweeps: Optional[SweepConfig]
     enc_pairs: tuple[tuple[str, str], ...]
     ratios: tuple[str, ...] = ()
+    sets: tuple[str, ...] = ()  # the --set overrides that made `profile` (its name is then <base>+<hash>)
 
     @property
     def name(self) -> str:
@@ -121,14 +122,16 @@ class Scope:
         return dataset if dataset in self.profile.datasets else self.profile.datasets[0]
 
     def target(self, target: str) -> str:
-        return f"make {target} PROFILE={self.name}"
+        """The command that writes `target` (an overridden profile is its base name plus SET=)."""
+        sets = f' SET="{" ".join(self.sets)}"' if self.sets else ""
+        return f"make {target} PROFILE={self.name.split('+')[0]}{sets}"
 
 
 def make_scope(profile: str, sets: tuple[str, ...] = ()) -> Scope:
     prof = resolve_profile(profile, sets)
     e = prof.encoder
     pairs = tuple((p, d) for p in e.pretrain_sets for d in e.downstream_sets)
-    return Scope(prof, prof.sweeps, pairs, tuple(str(r) for r in prof.reinject_ratios))
+    return Scope(prof, prof.sweeps, pairs, tuple(str(r) for r in prof.reinject_ratios), tuple(sets))
 
 
 def not_in_profile(setting: dict, scope: Scope) -> Optional[str]:

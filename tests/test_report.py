@@ -203,6 +203,10 @@ def test_missing_results_are_not_run_with_their_target(tmp_path):
         assert n["verdict"] == "not run yet" and n["detail"].startswith(f"make {e['target']} PROFILE=paper"), n
     assert {c["verdict"] for c in rep["claims"]} == {"not run"}
     assert [f["src"] for f in rep["figures"]] == [None] * len(SPEC["captions"])
+    # an overridden profile's hint is a command that runs: its base name plus SET=, never PROFILE=paper+<hash>
+    over = report.build("paper", tmp_path / "nothing", tmp_path / "nofigs", tmp_path / "out2", sets=("ft_lr=0.5",))
+    e = SPEC["numbers"][0]
+    assert over["numbers"][0]["detail"].startswith(f'make {e["target"]} PROFILE=paper SET="ft_lr=0.5"'), over["numbers"][0]
 
 
 def _write(root: Path, rel: str, obj: dict) -> None:
