@@ -203,3 +203,22 @@ def test_load_data_cuts_only_the_test_split_and_only_when_the_profile_says(monke
     assert torch.bincount(cut.y_test).tolist() == [5] * 10 and cut.x_train is digits.x_train
     idx = common.eval_indices(digits.y_test, 50, paper.seed)
     assert torch.equal(cut.x_test, digits.x_test[idx]) and torch.equal(cut.y_test, digits.y_test[idx])
+
+
+def test_every_step_that_evaluates_loads_its_data_with_the_profile():
+    """Catches a step whose evaluations would ignore eval_images: a `load_data(name)` call without the profile
+    that is not a training-split read (`.x_train`), MIA's whole-test-split members/non-members or Table 1's image."""
+    import ast
+
+    allowed = {("sequela", "mia"), ("table1", "collect")}
+    bare = []
+    for mod in ("standalone", "sequela", "transfer", "ablations", "encoder", "table1"):
+        tree = ast.parse((ROOT / "experiments" / f"{mod}.py").read_text())
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for fn in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+            for call in [n for n in ast.walk(fn) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "load_data"]:
+                parent = parents[call]
+                train_only = isinstance(parent, ast.Attribute) and parent.attr == "x_train"
+                if len(call.args) < 2 and not train_only and (mod, fn.name) not in allowed:
+                    bare.append(f"{mod}.{fn.name}:{call.lineno}")
+    assert bare == []
