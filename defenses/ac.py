@@ -20,10 +20,6 @@ from typing import Optional
 
 import numpy as np
 import torch
-from sklearn.cluster import KMeans
-from sklearn.decomposition import PCA, FastICA
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.metrics import silhouette_score
 
 from backdoor.train import TrainConfig
 
@@ -63,6 +59,10 @@ class ACConfig:
 # ---- method: whole labels ------------------------------------------------------------------
 
 def _reduce(z: np.ndarray, cfg: ACConfig) -> np.ndarray:
+    # scikit-learn is imported where AC runs: it is seconds of start-up for every step that imports `defenses`.
+    from sklearn.decomposition import PCA, FastICA
+    from sklearn.exceptions import ConvergenceWarning
+
     dims = min(cfg.nb_dims, z.shape[0] - 1, z.shape[1])
     if cfg.reduce == "pca":
         return PCA(n_components=dims, random_state=cfg.seed).fit_transform(z)
@@ -84,6 +84,8 @@ def cluster_flags(z: np.ndarray, labels: np.ndarray, cfg: ACConfig) -> tuple[np.
     more dispersed cluster is the poison (all-to-one poison comes from every other class and
     shares only the trigger), whatever its size, so a poison majority is still found.
     """
+    from sklearn.metrics import silhouette_score
+
     sizes = np.bincount(labels, minlength=2)
     sil = float(silhouette_score(z, labels)) if len(np.unique(labels)) == 2 else 0.0
     if cfg.rule == "smaller":
@@ -98,6 +100,8 @@ def cluster_flags(z: np.ndarray, labels: np.ndarray, cfg: ACConfig) -> tuple[np.
 
 def method_flags(feats: np.ndarray, y: np.ndarray, cfg: ACConfig) -> tuple[np.ndarray, dict]:
     """Sorted flagged indices and per-label silhouettes: each whole label reduced, 2-means, `cluster_flags`."""
+    from sklearn.cluster import KMeans
+
     flagged, sils = [], {}
     for c in np.unique(y).tolist():
         idx = np.flatnonzero(y == c)
@@ -137,6 +141,9 @@ def bb_positions(clean_by_class: dict[int, np.ndarray], y_order: np.ndarray) -> 
 
 def bb_flags(feats: np.ndarray, y: np.ndarray, cfg: ACConfig) -> tuple[np.ndarray, dict]:
     """Sorted flagged indices as BackdoorBench v1's AC computes them, from (augmented) activations feats."""
+    from sklearn.cluster import KMeans
+    from sklearn.exceptions import ConvergenceWarning
+
     rng = np.random.default_rng(cfg.seed)
     perm = rng.permutation(len(y))
     clusters: dict[int, list[np.ndarray]] = {}

@@ -45,7 +45,7 @@ def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, po
     """Fine-tune the standalone backdoored model once as `point` says; return the results record."""
     ckpt = run_dir("checkpoints", prof.name, dataset, attack_name) / "backdoor.safetensors"
     model, attack, _ = load_backdoored(ckpt, device)
-    data = load_data(dataset)
+    data = load_data(dataset, prof)
     idx = subset_indices(len(data.x_train), point.fraction, sw.subset_seed)
     cfg = replace(prof.finetune_config(dataset), epochs=point_epochs(point, prof, sw))
     if point.defense == "ft":

@@ -8,9 +8,9 @@ import logging
 import os
 import shutil
 import sys
-from dataclasses import asdict, is_dataclass
+from dataclasses import asdict, is_dataclass, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,9 @@ from backdoor.metrics import make_evaluator
 from backdoor.models import MODELS, make_model
 from backdoor.poison import poisoned_test_set
 from backdoor.train import default_device
+
+if TYPE_CHECKING:  # experiments.profiles imports this module
+    from experiments.profiles import Profile
 
 ARTIFACTS = Path(os.environ.get("ARTIFACTS", "artifacts"))
 # The one exit status of a user error (bad name, number, file or device), as argparse uses for bad arguments.
@@ -152,10 +155,39 @@ def check_data_dir(path: Path | str | None = None) -> None:
                          "or point DATA_DIR elsewhere")
 
 
-def load_data(name: str) -> ImageData:
-    """Load a dataset by registry name (cached uint8 tensors), after checking DATA_DIR."""
+def eval_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """Sorted indices of min(n, len) images, as equal per class as the class sizes allow; each class's
+    images are a seeded draw, so the subset is the same in every step that evaluates."""
+    if n < 1:
+        raise ValueError(f"eval_images must be >= 1 (or None for the whole test set), got {n}")
+    labels = torch.as_tensor(labels, dtype=torch.long).cpu()
+    if n >= len(labels):
+        return torch.arange(len(labels))
+    pools = [(labels == c).nonzero().flatten() for c in labels.unique().tolist()]
+    gen = torch.Generator().manual_seed(seed)
+    pools = [p[torch.randperm(len(p), generator=gen)] for p in pools]
+    # Water-filling: the smallest classes first, each taking at most an equal share of what is left.
+    quota, left = [0] * len(pools), n
+    for j, i in enumerate(sorted(range(len(pools)), key=lambda i: len(pools[i]))):
+        quota[i] = min(len(pools[i]), left // (len(pools) - j))
+        left -= quota[i]
+    return torch.cat([p[:q] for p, q in zip(pools, quota)]).sort().values
+
+
+def eval_subset(data: ImageData, n: Optional[int], seed: int) -> ImageData:
+    """`data` with its test split cut to `eval_indices` (n None: unchanged); the training split is untouched."""
+    if n is None:
+        return data
+    idx = eval_indices(data.y_test, n, seed)
+    return replace(data, x_test=data.x_test[idx], y_test=data.y_test[idx])
+
+
+def load_data(name: str, prof: Optional[Profile] = None) -> ImageData:
+    """Load a dataset by registry name (cached uint8 tensors), after checking DATA_DIR; with `prof`, its
+    test split is the profile's evaluation subset (`Profile.eval_images`), without it the whole split."""
     check_data_dir()
-    return load_dataset(name)
+    data = load_dataset(name)
+    return data if prof is None else eval_subset(data, prof.eval_images, prof.seed)
 
 
 def check_writable(dirs: list[Path], need_bytes: int = 0) -> None:

@@ -69,7 +69,7 @@ def pretrain(args: argparse.Namespace) -> None:
     setup(f"simclr pretrain on {args.pretrain} ({prof.name})",
           {"simclr": cfg, "width": enc.width, "temperature": enc.temperature, "device": device})
     images = load_data(PRETRAIN_DATA.get(args.pretrain, args.pretrain)).x_train
-    labelled = load_data(args.pretrain)
+    labelled = load_data(args.pretrain, prof)  # its test split: kNN accuracy
     torch.manual_seed(prof.seed)
     model = build_encoder_model(_arch(prof, args.pretrain)).to(device)
     knn_before = _knn(model, labelled, cfg.bf16)
@@ -123,7 +123,7 @@ def badencoder(args: argparse.Namespace) -> None:
     """Backdoor the clean encoder for one downstream task (its target class and reference image)."""
     prof, device = profile_from(args), resolve_device(args.device)
     model, clean_meta, _ = load_encoder(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", device)
-    down = load_data(args.downstream)
+    down = load_data(args.downstream, prof)
     target = TARGETS.get(args.downstream, 0)
     ref_idx = pick_reference(down, target, prof.seed)
     attack = BadEncoder(target).set_reference(down.x_train[ref_idx : ref_idx + 1]).to(device)
@@ -171,7 +171,7 @@ def downstream(args: argparse.Namespace) -> None:
     cfg = prof.encoder_config("downstream")
     setup(f"downstream {args.pretrain} -> {args.downstream}, mode {args.mode} ({prof.name})",
           {"downstream": cfg, "encoder": ckpt / f"{name}.safetensors", "target": attack.target, "device": device})
-    data = without_reference(load_data(args.downstream), bd_meta["reference"])  # the attacker's image stays out
+    data = without_reference(load_data(args.downstream, prof), bd_meta["reference"])  # the attacker's image stays out
     torch.manual_seed(prof.seed)
     model = DownstreamClassifier(encoder_model.f, data.num_classes, freeze_encoder=args.mode != "whole").to(device)
     params = list(model.head.parameters()) if model.frozen else None

@@ -4,7 +4,8 @@ Work is counted in image-passes: one image through forward + backward of the mod
 evaluation or feature forward counts 1/3 (backward is about twice a forward), so dividing by a training
 throughput (`make bench`'s "ours" img/s, or IMG_PER_S=) gives device-seconds. Budgets are read from the
 profile tree (experiments.profiles: attack presets, defence configs, sweeps, encoder); dataset sizes from
-backdoor.data.SOURCES. Early stopping (NC, FP's pruning loop) is counted at its upper bound.
+backdoor.data.SOURCES. Early stopping (NC, FP's pruning loop) is counted at its upper bound. A profile's
+`max_steps` (batches per epoch) caps each training epoch and its `eval_images` each evaluation's test set.
 
     python -m experiments.plan --profile paper --img-per-s 20000 [--figures "figure4 figure5"] [--steps]
 """
@@ -14,7 +15,7 @@ import argparse
 import re
 import shlex
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -83,6 +84,11 @@ def _evals(epochs: int, every: int, test: int) -> float:
     return (epochs // max(1, every) + 1) * 2 * test * FWD
 
 
+def _epoch(n: float, cfg) -> float:
+    """Images one training epoch of `cfg` (a TrainConfig) sees: all n, or its `max_steps` batches."""
+    return n if cfg.max_steps is None else min(n, cfg.max_steps * cfg.batch_size)
+
+
 class Costs:
     """Image-passes of each step kind under one profile."""
 
@@ -114,72 +120,88 @@ class Costs:
             raise ValueError(f"plan: no cost model for {step.module} {step.command}; add one to experiments/plan.py")
         return float(self.table[key](step))
 
+    def _test(self, t: int) -> int:
+        """Test images of one evaluation: the whole split or the profile's `eval_images` subset."""
+        return t if self.prof.eval_images is None else min(t, self.prof.eval_images)
+
     def _train_from_scratch(self, dataset: str, extra_epochs: int = 0) -> float:
         n, t, _ = sizes(dataset)
-        cfg = self.prof.attack_train
-        return (cfg.epochs + extra_epochs) * n + _evals(cfg.epochs, cfg.eval_every, t)
+        cfg = self.prof.train_config(dataset)
+        return (cfg.epochs + extra_epochs) * _epoch(n, cfg) + _evals(cfg.epochs, cfg.eval_every, self._test(t))
 
     def train(self, s: Step) -> float:
         """The attack's training, plus what the attack trains of its own (generator, DeepFool model)."""
         dataset, attack = s.opt("dataset"), s.opt("attack")
         p, (n, _, k) = self.prof.attack_params.get(attack, {}), sizes(dataset)
-        base = self._train_from_scratch(dataset)
+        base, cfg = self._train_from_scratch(dataset), self.prof.train_config(dataset)
         if attack == "inputaware":  # mask generator stage, then a generator step beside every classifier step
-            return base + p.get("mask_epochs", 25) * n + self.prof.attack_train.epochs * n
+            return base + (p.get("mask_epochs", 25) + cfg.epochs) * _epoch(n, cfg)
         if attack == "lf":  # a clean model, then DeepFool passes (one fb pass per image per iteration)
-            return base + p.get("clean_epochs", 10) * n + p.get("max_passes", 50) * p.get("n_images", 100) * \
-                p.get("df_max_iter", 200)
+            return base + p.get("clean_epochs", 10) * _epoch(n, cfg) + p.get("max_passes", 50) * \
+                p.get("n_images", 100) * p.get("df_max_iter", 200)
         return base
 
     def defend(self, s: Step) -> float:
         dataset, defense = s.opt("dataset"), s.opt("defense")
         n, t, k = sizes(dataset)
+        base = self.prof.finetune_config(dataset)  # the defence's ctx.train
         if defense in ("ft", "sft"):
             e = self.prof.finetune_epochs
-            return e * n + _evals(e, 1, t)
-        return self._baseline(defense, n, t, k) + _evals(0, 1, t)
+            return e * _epoch(n, base) + _evals(e, 1, self._test(t))
+        train, evals = self._baseline(defense, n, k, base)
+        return train + evals * _evals(0, 1, self._test(t))
 
-    def _baseline(self, defense: str, n: int, t: int, k: int) -> float:
-        """BackdoorBench-style defences at the profile's budgets (each config's defaults for paper)."""
+    def _baseline(self, defense: str, n: int, k: int, base) -> tuple[float, int]:
+        """(training work, evaluator calls) of a BackdoorBench-style defence at the profile's budgets: one call
+        before it starts and one per epoch of every stage plus that stage's epoch 0 (defenses.common.Stages)."""
         if defense not in self.prof.defenses:
             raise ValueError(f"plan: no cost model for defence {defense!r}; add one to experiments/plan.py")
         cfg = self.prof.defenses[defense]
+        ep = lambda budget, images: budget.epochs * _epoch(images, budget.config(base))  # noqa: E731
         if defense == "abl":
-            iso = cfg.isolation_ratio * n
-            return (cfg.tuning.epochs + cfg.finetune.epochs) * n + n * FWD + cfg.unlearn.epochs * iso
+            stages = (cfg.tuning, cfg.finetune, cfg.unlearn)
+            return ep(cfg.tuning, n) + ep(cfg.finetune, n) + n * FWD + ep(cfg.unlearn, cfg.isolation_ratio * n), \
+                1 + sum(b.epochs + 1 for b in stages)
         if defense in ("ac", "spectral"):  # features of every image, then a fresh model on the kept ones
-            return n * FWD + cfg.retrain.epochs * n
+            return n * FWD + ep(cfg.retrain, n), 2 + cfg.retrain.epochs
         clean = cfg.clean_ratio * n
-        if defense == "fp":  # one clean-set evaluation per pruned channel (upper bound: every channel)
-            return clean * FWD * (1 + 8 * self.prof.width) + cfg.finetune.epochs * clean
-        if defense == "nad":  # teacher fine-tune, then student epochs with a teacher forward each step
-            return cfg.teacher.epochs * clean + cfg.epochs * clean * (1 + FWD)
-        # NC: a trigger search per class (upper bound: no early stop), then unlearning
-        return k * cfg.epochs * clean + cfg.unlearn.epochs * clean
+        if defense == "fp":  # channel means on the clean set; the pruning rule reads CA through the evaluator,
+            channels = 8 * self.prof.width  # once unpruned and once per pruned channel (upper bound: all)
+            return clean * FWD + ep(cfg.finetune, clean), 1 + channels + 1 + cfg.finetune.epochs + 1
+        if defense == "nad":  # teacher fine-tune (no evaluation), then student epochs with a teacher forward each
+            student = replace(cfg.teacher, epochs=cfg.epochs, batch_size=cfg.batch_size)
+            return ep(cfg.teacher, clean) + ep(student, clean) * (1 + FWD), 2 + cfg.epochs
+        # NC: a trigger search per class (upper bound: no early stop) at its own batch, then unlearning
+        search = replace(cfg.unlearn, epochs=cfg.epochs, batch_size=cfg.batch_size)
+        return k * ep(search, clean) + ep(cfg.unlearn, clean), 2 + cfg.unlearn.epochs
 
     def mia(self, s: Step) -> float:
-        n, t, _ = sizes(s.opt("dataset"))
-        return (n + t) * FWD  # posteriors of members and non-members; the attack model is tiny
+        """Posteriors of the split's members and non-members (half the test split per side, as many training
+        images), once; the attack MLP trains on those features, not on images. Then the model's CA/ASR."""
+        _, t, _ = sizes(s.opt("dataset"))
+        return 4 * (t // 2) * FWD + _evals(0, 1, self._test(t))
 
     def reinject(self, s: Step) -> float:
         n, t, _ = sizes(s.opt("dataset"))
-        e = self.prof.reinject_epochs
-        return e * n + _evals(e, 1, t)
+        e, cfg = self.prof.reinject_epochs, self.prof.train_config(s.opt("dataset"))
+        return e * _epoch(n, cfg) + _evals(e, 1, self._test(t))
 
     def transfer(self, s: Step) -> float:
+        """Fine-tuning on the downstream task; each evaluation is CA plus one triggered copy per trigger."""
         n, t, _ = sizes(s.opt("downstream"))
-        e = self.sw.transfer_epochs
-        return e * n + _evals(e, 1, t)
+        e, cfg = self.sw.transfer_epochs, self.prof.finetune_config(s.opt("downstream"))
+        triggers = len(s.opt("triggers").split()) if s.opt("attack") == "clean" else 1
+        return e * _epoch(n, cfg) + (e + 1) * (1 + triggers) * self._test(t) * FWD
 
     def ablation(self, s: Step) -> float:
         from experiments.sweeps import parse_point, point_epochs
 
         n, t, _ = sizes(s.opt("dataset"))
-        total = 0.0
+        cfg, total = self.prof.finetune_config(s.opt("dataset")), 0.0
         for name in s.opt("points").split():
             p = parse_point(name)
             e = point_epochs(p, self.prof, self.sw)
-            total += e * p.fraction * n + _evals(e, 1, t)
+            total += e * _epoch(p.fraction * n, cfg) + _evals(e, 1, self._test(t))
         return total
 
     def _enc(self):
@@ -189,18 +211,19 @@ class Costs:
         from experiments.encoder import PRETRAIN_DATA
 
         pre = s.opt("pretrain")
-        n = sizes(PRETRAIN_DATA.get(pre, pre))[0]
-        return self._enc().simclr.epochs * n * 2  # two augmented views per image
+        n, cfg = sizes(PRETRAIN_DATA.get(pre, pre))[0], self.prof.encoder_config("simclr")
+        return cfg.epochs * _epoch(n, cfg) * 2  # two augmented views per image
 
     def badencoder(self, s: Step) -> float:
-        e = self._enc()  # shadow + triggered shadow + reference through the trained encoder, clean one frozen
-        return e.badencoder.epochs * e.shadow_size * (3 + 3 * FWD)
+        e, cfg = self._enc(), self.prof.encoder_config("badencoder")
+        # shadow + triggered shadow + reference through the trained encoder, clean one frozen
+        return cfg.epochs * _epoch(e.shadow_size, cfg) * (3 + 3 * FWD)
 
     def downstream(self, s: Step) -> float:
         n, t, _ = sizes(s.opt("downstream"))
-        cfg = self._enc().downstream
+        cfg = self.prof.encoder_config("downstream")
         per_image = 1.0 if s.opt("mode") == "whole" else FWD  # classifier-only: the encoder only forwards
-        return cfg.epochs * n * per_image + _evals(cfg.epochs, cfg.eval_every, t)
+        return cfg.epochs * _epoch(n, cfg) * per_image + _evals(cfg.epochs, cfg.eval_every, self._test(t))
 
 
 # ---------------------------------------------------------------- make -n

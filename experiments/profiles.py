@@ -96,6 +96,8 @@ class Profile:
     reinject_epochs: int = 25
     reinject_ratios: tuple[float, ...] = (0.1, 0.01, 0.001, 0.0001)
     mia_epochs: int = 50
+    # CA/ASR of every evaluation on a seeded, class-balanced subset of this many test images (None: all of them).
+    eval_images: Optional[int] = None
     overrides: Mapping[str, Any] = field(default_factory=dict)  # --set values (parsed) that made this profile
 
     def __post_init__(self) -> None:
@@ -309,7 +311,7 @@ PROFILES["rehearsal"] = replace(
     encoder=replace(_PAPER_ENCODER, width=4, simclr=replace(SIMCLR, **_rehearse),
                     badencoder=replace(BADENCODER, **_rehearse),
                     downstream=replace(DOWNSTREAM, batch_size=256, **_rehearse), shadow_size=1024),
-    charge_epochs={"sft": 1})
+    charge_epochs={"sft": 1}, eval_images=512)
 
 
 def get_profile(name: str) -> Profile:

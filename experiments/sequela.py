@@ -21,7 +21,7 @@ from backdoor.metrics import accuracy
 from backdoor.models import make_model
 from backdoor.train import fit
 from defenses import DEFENSES
-from experiments.common import (evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
+from experiments.common import (eval_subset, evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
                                 run_main, setup, write_result)
 from experiments.profiles import Profile, add_profile_args, profile_from
 from experiments.standalone import load_poisoned_set
@@ -55,7 +55,7 @@ def clean(args: argparse.Namespace) -> None:
     prof, device = profile_from(args), resolve_device(args.device)
     cfg = prof.train_config(args.dataset)
     setup(f"clean model {args.dataset} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
-    data = load_data(args.dataset)
+    data = load_data(args.dataset, prof)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
     x_test = data.x_test.to(device)
@@ -77,6 +77,8 @@ def mia(args: argparse.Namespace) -> None:
     setup(f"mia {args.dataset}/{args.attack}/{args.model} ({prof.name})",
           {"mia_epochs": prof.mia_epochs, "checkpoint": ck / f"{args.model}.safetensors", "device": device})
     model, attack, _ = load_backdoored(ck / f"{args.model}.safetensors", device)
+    # The whole test split: MIA's non-members are half of it per side (not an evaluation of CA/ASR);
+    # only the model-quality CA/ASR below uses the profile's evaluation subset.
     data = load_data(args.dataset)
     _, _, poison_idx = load_poisoned_set(ck / "poison.safetensors", data)
     # Members are drawn from the unpoisoned training images: each is in every model's training set as is.
@@ -84,7 +86,7 @@ def mia(args: argparse.Namespace) -> None:
     t0 = time.perf_counter()
     res = membership_inference(model, data.x_train, data.y_train, data.x_test, data.y_test, sp, prof.mia_epochs,
                                prof.seed + MIA_SEED)
-    quality = evaluator_for(data, attack, device, bf16=prof.bf16)(model)
+    quality = evaluator_for(eval_subset(data, prof.eval_images, prof.seed), attack, device, bf16=prof.bf16)(model)
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / "mia" / f"{args.model}.json",
                  {**prof.stamp(device), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "mia_epochs": prof.mia_epochs, "features": "sorted softmax posteriors + top-1 correct flag",
@@ -117,7 +119,7 @@ def reinject_step(args: argparse.Namespace) -> None:
     setup(f"reinject {args.attack} into {args.dataset}/{args.model} at {ratio} ({prof.name})",
           {"train": cfg, "epochs": prof.reinject_epochs, "device": device})
     model, attack = load_start(prof, args.dataset, args.attack, args.model, device)
-    data = load_data(args.dataset)
+    data = load_data(args.dataset, prof)
     rec = reinject(model, attack, data, cfg, prof.reinject_epochs, ratio, prof.seed + REINJECT_SEED)
     first = epochs_to(rec["history"]) if rec["history"] else None
     write_result(run_dir("results", prof.name, args.dataset, args.attack) / "reinject" / args.model

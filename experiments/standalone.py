@@ -39,7 +39,7 @@ def train(args: argparse.Namespace) -> None:
     setup(f"train {args.dataset}/{args.attack} ({prof.name})",
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
            "device": device, "precision": precision_used(device, cfg.bf16)})
-    data = load_data(args.dataset)
+    data = load_data(args.dataset, prof)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
     ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
@@ -72,7 +72,7 @@ def defend(args: argparse.Namespace) -> None:
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
           {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device,
            "precision": precision_used(device, cfg.bf16)})
-    data = load_data(args.dataset)
+    data = load_data(args.dataset, prof)
     x_train, y_train, poison_idx = load_poisoned_set(ckpt.with_name("poison.safetensors"), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=evaluator_for(data, attack, device, bf16=cfg.bf16), x_train=x_train, y_train=y_train,

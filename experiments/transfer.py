@@ -18,7 +18,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -38,11 +38,11 @@ from experiments.profiles import Profile, add_profile_args, profile_from
 TRANSFER_DEFENSES = ("ft", "sft")
 
 
-def _digit_classes(lo: int, hi: int) -> Callable[[], ImageData]:
+def _digit_classes(lo: int, hi: int) -> Callable[[Optional[Profile]], ImageData]:
     """Digits lo..hi-1 only, relabelled 0..hi-lo-1 (a downstream task built from the embedded data)."""
 
-    def load() -> ImageData:
-        d = load_data("digits")
+    def load(prof: Optional[Profile]) -> ImageData:
+        d = load_data("digits", prof)
         tr, te = (d.y_train >= lo) & (d.y_train < hi), (d.y_test >= lo) & (d.y_test < hi)
         return ImageData(f"digits{lo}to{hi - 1}", d.x_train[tr], d.y_train[tr] - lo, d.x_test[te], d.y_test[te] - lo,
                          hi - lo)
@@ -51,12 +51,12 @@ def _digit_classes(lo: int, hi: int) -> Callable[[], ImageData]:
 
 
 # Downstream tasks that are not registry datasets; any name in backdoor.data.DATASETS also works.
-DOWNSTREAM: dict[str, Callable[[], ImageData]] = {"digits5to9": _digit_classes(5, 10)}
+DOWNSTREAM: dict[str, Callable[[Optional[Profile]], ImageData]] = {"digits5to9": _digit_classes(5, 10)}
 
 
-def load_downstream(name: str) -> ImageData:
-    """A derived task from DOWNSTREAM, else a registry dataset."""
-    return DOWNSTREAM[name]() if name in DOWNSTREAM else load_data(name)
+def load_downstream(name: str, prof: Optional[Profile] = None) -> ImageData:
+    """A derived task from DOWNSTREAM, else a registry dataset; `prof` as in `load_data`."""
+    return DOWNSTREAM[name](prof) if name in DOWNSTREAM else load_data(name, prof)
 
 
 def swap_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
@@ -81,7 +81,7 @@ def pretrain_clean(args: argparse.Namespace) -> None:
     pretrain = prof.sweeps.pretrain
     cfg = prof.train_config(pretrain)
     setup(f"pretrain clean {pretrain} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
-    data = load_data(pretrain)
+    data = load_data(pretrain, prof)
     torch.manual_seed(prof.seed)
     model = make_model("preactresnet18", data.num_classes, prof.width, pretrain).to(device)
     x_test = data.x_test.to(device)
@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> None:
     if args.defense not in TRANSFER_DEFENSES:
         raise ValueError(f"transfer defense must be one of {', '.join(TRANSFER_DEFENSES)}, got {args.defense!r}")
     model, attacks = load_pretrained(prof, sw.pretrain, args.attack, args.triggers.split(), device)
-    down = load_downstream(args.downstream)
+    down = load_downstream(args.downstream, prof)
     swap_head(model, down.num_classes, prof.seed)
     cfg = replace(prof.finetune_config(args.downstream), epochs=sw.transfer_epochs,
                   lr=sw.transfer_ft_lr if sw.transfer_ft_lr is not None else prof.ft_lr)

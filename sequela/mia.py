@@ -14,7 +14,6 @@ from typing import Optional
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from backdoor.metrics import batched_outputs
 
@@ -98,6 +97,8 @@ def member_scores(net: nn.Module, mean: torch.Tensor, std: torch.Tensor, feats: 
 def membership_inference(model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, x_test: torch.Tensor,
                          y_test: torch.Tensor, split: MIASplit, epochs: int, seed: int = 0) -> dict[str, float]:
     """Train the attack model on `split`'s training halves, score it on the others: accuracy and AUC."""
+    from sklearn.metrics import roc_auc_score  # here, not at import: seconds of start-up for every step
+
 
     def side(members: torch.Tensor, nonmembers: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = torch.cat([attack_features(model, x_train[members], y_train[members]),

@@ -51,7 +51,7 @@ class SmokeChain:
             mp.setattr(common, "ARTIFACTS", self.root)
             mp.setitem(profiles.PROFILES, "smoke", self.profile)
             for mod in (standalone, sequela, transfer):  # each binds load_data by name
-                mp.setattr(mod, "load_data", lambda name: data[name])
+                mp.setattr(mod, "load_data", lambda name, prof=None: data[name])
             for mod, name in SPIED:
                 mp.setattr(mod, name, self._spy(name, getattr(mod, name)))
             module.main([*argv, "--profile", "smoke", "--device", "cpu"])

@@ -199,7 +199,7 @@ def test_encoder_chain_smoke(tmp_path, monkeypatch):
     """pretrain -> badencoder -> classifier/whole on a digits subset; files and their contents."""
     full = bd.load_dataset("digits", tmp_path / "data")
     small = ImageData("digits", full.x_train[:64], full.y_train[:64], full.x_test[:40], full.y_test[:40], 10)
-    monkeypatch.setattr(ex, "load_data", lambda name: small)
+    monkeypatch.setattr(ex, "load_data", lambda name, prof=None: small)
     monkeypatch.setattr(common, "ARTIFACTS", tmp_path)
     base = ["--profile", "smoke", "--pretrain", "digits", "--device", "cpu"]
     ex.main(["pretrain", *base])

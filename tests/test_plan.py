@@ -51,12 +51,33 @@ def test_paper_costs_exact():
     assert c(_step("experiments.standalone defend --dataset gtsrb --attack badnets --defense sft")) == pytest.approx(
         100 * 39209 + ev(100, 12630))
     nc = c(_step("experiments.standalone defend --dataset cifar100 --attack badnets --defense nc"))
-    assert nc == pytest.approx(100 * 80 * 2500 + 100 * 2500 + ev(0, 10000))  # NC scales with classes
-    assert c(_step("experiments.sequela mia --dataset cifar10 --attack lf --model ft")) == pytest.approx(60000 / 3)
+    # NC scales with classes; evaluated before, then at each of the 100 unlearning epochs and its epoch 0
+    assert nc == pytest.approx(100 * 80 * 2500 + 100 * 2500 + ev(101, 10000))
+    # MIA: posteriors of 2 x 5,000 members and 2 x 5,000 non-members once, then the model's CA/ASR
+    assert c(_step("experiments.sequela mia --dataset cifar10 --attack lf --model ft")) == pytest.approx(
+        20000 / 3 + ev(0, 10000))
     assert c(_step("experiments.sequela reinject --dataset cifar10 --attack lf --model ft --ratio 0.01")) == \
         pytest.approx(25 * 50000 + ev(25, 10000))
     ab = c(_step("experiments.ablations --dataset cifar10 --attack lf --points sft_frac0.3_max0.1"))
     assert ab == pytest.approx(100 * 0.3 * 50000 + ev(100, 10000))
+
+
+def test_rehearsal_costs_follow_the_step_cap_and_the_evaluation_subset():
+    """Catches a cost model that ignores max_steps (2 batches per epoch) or eval_images (512 test images)."""
+    c = plan.Costs("rehearsal")
+    ev = lambda calls: calls * 2 * 512 / 3  # every evaluator call: CA + ASR on the 512-image subset
+    assert c(_step("experiments.standalone train --dataset cifar10 --attack badnets")) == pytest.approx(
+        2 * 256 + ev(2))  # 1 epoch of 2 batches of 256
+    nc = c(_step("experiments.standalone defend --dataset cifar100 --attack badnets --defense nc"))
+    assert nc == pytest.approx(100 * 512 + 512 + ev(3))  # per class 1 capped epoch on 5% (2,500 images)
+    fp = c(_step("experiments.standalone defend --dataset cifar10 --attack badnets --defense fp"))
+    assert fp == pytest.approx(2500 / 3 + 512 + ev(1 + 32 + 1 + 2))  # one evaluation per channel of width 4
+    # MIA's member/non-member posteriors use the whole test split: only its CA/ASR is on the subset
+    assert c(_step("experiments.sequela mia --dataset gtsrb --attack lf --model ft")) == pytest.approx(
+        4 * 6315 / 3 + ev(1))
+    tr = c(_step('experiments.transfer run --downstream gtsrb --attack clean --defense ft --triggers "badnets lf"'))
+    assert tr == pytest.approx(512 + 2 * 3 * 512 / 3)  # 1 epoch; CA + two triggered copies, at epochs 0 and 1
+    assert c(_step("experiments.encoder pretrain --pretrain stl10")) == pytest.approx(2 * 256 * 2)
 
 
 def test_unknown_step_kind_fails_naming_the_file():

@@ -171,3 +171,54 @@ def test_nc_trigger_search_and_ssl_loop_obey_the_cap():
     run_epochs(net, x, replace(train, epochs=2, batch_size=8),
                lambda xb, gen: (net(xb).square().mean(), {}), list(net.parameters()))
     assert net.seen == 2 * 2 * 8
+
+
+def test_eval_indices_are_class_balanced_seeded_and_sorted():
+    """Catches an evaluation subset that is unbalanced, drawn anew per call, or not capped by small classes."""
+    from experiments.common import eval_indices
+
+    labels = torch.arange(100).repeat_interleave(100)[torch.randperm(10_000, generator=torch.Generator().manual_seed(1))]
+    idx = eval_indices(labels, 512, seed=0)
+    counts = torch.bincount(labels[idx], minlength=100)
+    assert len(idx) == len(idx.unique()) == 512 and sorted(counts.tolist()) == [5] * 88 + [6] * 12
+    assert torch.equal(idx, eval_indices(labels, 512, seed=0)) and torch.equal(idx, idx.sort().values)
+    assert not torch.equal(idx, eval_indices(labels, 512, seed=1))
+    uneven = torch.tensor([0] * 3 + [1] * 50 + [2] * 50 + [3] * 50)  # a small class gives its share to the others
+    assert torch.bincount(uneven[eval_indices(uneven, 40, seed=0)]).tolist() == [3, 12, 12, 13]
+    assert torch.equal(eval_indices(uneven, 10_000, seed=0), torch.arange(153))
+    with pytest.raises(ValueError, match="eval_images must be >= 1"):
+        eval_indices(uneven, 0, seed=0)
+
+
+def test_load_data_cuts_only_the_test_split_and_only_when_the_profile_says(monkeypatch, digits):
+    """Catches a cap applied to the training split, to the paper profile, or without the profile's seed."""
+    from experiments import common
+
+    monkeypatch.setattr(common, "load_dataset", lambda name: digits)
+    paper = PROFILES["paper"]
+    assert paper.eval_images is None and PROFILES["rehearsal"].eval_images == 512
+    full = common.load_data("digits", paper)
+    assert full.x_test is digits.x_test and common.load_data("digits").x_test is digits.x_test
+    cut = common.load_data("digits", replace(paper, eval_images=50))
+    assert torch.bincount(cut.y_test).tolist() == [5] * 10 and cut.x_train is digits.x_train
+    idx = common.eval_indices(digits.y_test, 50, paper.seed)
+    assert torch.equal(cut.x_test, digits.x_test[idx]) and torch.equal(cut.y_test, digits.y_test[idx])
+
+
+def test_every_step_that_evaluates_loads_its_data_with_the_profile():
+    """Catches a step whose evaluations would ignore eval_images: a `load_data(name)` call without the profile
+    that is not a training-split read (`.x_train`), MIA's whole-test-split members/non-members or Table 1's image."""
+    import ast
+
+    allowed = {("sequela", "mia"), ("table1", "collect")}
+    bare = []
+    for mod in ("standalone", "sequela", "transfer", "ablations", "encoder", "table1"):
+        tree = ast.parse((ROOT / "experiments" / f"{mod}.py").read_text())
+        parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
+        for fn in [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]:
+            for call in [n for n in ast.walk(fn) if isinstance(n, ast.Call) and getattr(n.func, "id", "") == "load_data"]:
+                parent = parents[call]
+                train_only = isinstance(parent, ast.Attribute) and parent.attr == "x_train"
+                if len(call.args) < 2 and not train_only and (mod, fn.name) not in allowed:
+                    bare.append(f"{mod}.{fn.name}:{call.lineno}")
+    assert bare == []

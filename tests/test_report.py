@@ -34,7 +34,7 @@ def real_results(tmp_path_factory):
         mp.setitem(PROFILES, "smoke", TINY)
         mp.setattr(common, "ARTIFACTS", root)
         for mod in WRITERS:
-            mp.setattr(mod, "load_data", lambda name: load_dataset(name, data_dir=data_dir))
+            mp.setattr(mod, "load_data", lambda name, prof=None: load_dataset(name, data_dir=data_dir))
         base = ["--profile", "smoke", "--device", "cpu"]
         run = ["--dataset", "digits", "--attack", "badnets"]
         standalone.main(["train", *base, *run])

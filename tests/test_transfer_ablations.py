@@ -150,8 +150,8 @@ def tiny(digits, tmp_path, monkeypatch):
     small = ImageData("digits", digits.x_train[:300], digits.y_train[:300], digits.x_test[:100],
                       digits.y_test[:100], 10)
     monkeypatch.setattr(common, "ARTIFACTS", tmp_path)
-    monkeypatch.setattr(ablations, "load_data", lambda name: small)
-    monkeypatch.setattr(transfer, "load_data", lambda name: small)
+    monkeypatch.setattr(ablations, "load_data", lambda name, prof=None: small)
+    monkeypatch.setattr(transfer, "load_data", lambda name, prof=None: small)
     arch = {"name": "preactresnet18", "num_classes": 10, "width": WIDTH, "dataset": "digits"}
     for name in ("badnets", "blended"):
         torch.manual_seed(0)
@@ -243,7 +243,7 @@ def test_transfer_run_starts_from_the_backdoored_model_with_a_fresh_seeded_head(
     smoke_chain.run(transfer, "run", "--downstream", "digits5to9", "--attack", "badnets", "--defense", "ft")
     r = json.loads((smoke_chain.root / "results" / "smoke" / "transfer" / "digits5to9" / "badnets" / "ft.json")
                    .read_text())
-    monkeypatch.setattr(transfer, "load_data", lambda name: smoke_chain.data)
+    monkeypatch.setattr(transfer, "load_data", lambda name, prof=None: smoke_chain.data)
     down = transfer.load_downstream("digits5to9")
     model, attack, _ = common.load_backdoored(smoke_chain.checkpoints_dir / "backdoor.safetensors", torch.device("cpu"))
     transfer.swap_head(model, 5, SMOKE.seed)

@@ -40,7 +40,7 @@ def _tripwire(*_a, **_k):
 def step(monkeypatch, digits, tmp_path_factory):
     """standalone.main(argv) -> its one stderr line; training and defences are tripwires."""
     monkeypatch.setattr(common, "ARTIFACTS", tmp_path_factory.mktemp("art"))
-    monkeypatch.setattr(standalone, "load_data", lambda name: digits)
+    monkeypatch.setattr(standalone, "load_data", lambda name, prof=None: digits)
     monkeypatch.setattr(standalone, "train_backdoored", _tripwire)
 
     def run(argv: list[str], capsys) -> str:
