@@ -6,26 +6,41 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .train import autocast
+from .train import autocast, channels_last, device_of
 
 
 @torch.no_grad()
+def batched(model: nn.Module, x: torch.Tensor, step: Callable[[torch.Tensor, slice], torch.Tensor],
+            batch_size: int = 1024, *, bf16: bool, also: tuple[nn.Module, ...] = ()) -> torch.Tensor:
+    """The one batched-inference loop: step(float batch in [0,1] on the model's device, its slice of x) for
+    uint8 images x [N,3,H,W], concatenated on the CPU.
+
+    No grad, eval mode (`model` and `also`, restored after), in the run's precision (`autocast`) and the
+    engine's memory layout (`use_channels_last`).
+    """
+    device = device_of(model)
+    modules = (model, *also)
+    modes = [m.training for m in modules]
+    on = True
+    for m in modules:
+        m.eval()
+    out = []
+    try:
+        for i in range(0, len(x), batch_size):
+            sl = slice(i, i + batch_size)
+            xb = x[sl].to(device, non_blocking=True).float().div_(255.0)
+            with autocast(device, bf16):
+                out.append(step(channels_last(xb, on), sl).cpu())
+    finally:
+        for m, mode in zip(modules, modes):
+            m.train(mode)
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def batched_outputs(model: nn.Module, x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor] = lambda o: o,
                     batch_size: int = 1024, *, bf16: bool) -> torch.Tensor:
-    """fn(model output) for uint8 images [N,3,H,W] in eval mode, batched on the model's device; on the CPU.
-
-    channels_last, in the run's precision (`autocast(device, bf16)`); the model's train/eval mode is restored.
-    """
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    out = []
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device, non_blocking=True).float().div_(255.0)
-        with autocast(device, bf16):
-            out.append(fn(model(xb.contiguous(memory_format=torch.channels_last))).cpu())
-    model.train(was_training)
-    return torch.cat(out) if out else torch.empty(0)
+    """fn(model output) for uint8 images [N,3,H,W] (`batched`: eval mode, batched on the model's device); on the CPU."""
+    return batched(model, x, lambda xb, _: fn(model(xb)), batch_size, bf16=bf16)
 
 
 def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024, *, bf16: bool) -> torch.Tensor:

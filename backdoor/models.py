@@ -77,7 +77,9 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"preactresnet18": PreActResNet18}
+# The paper's classifier: what a profile trains unless its `arch` says otherwise.
+DEFAULT_ARCH = "preactresnet18"
+MODELS: dict[str, Callable[..., nn.Module]] = {DEFAULT_ARCH: PreActResNet18}
 
 
 def make_model(name: str, num_classes: int, width: int = 64, dataset: str | None = None, *,

@@ -7,10 +7,14 @@ whose true label is not the target, triggered; ASR is measured on those only.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 
-from .attacks import Attack
+from .train import device_of
+
+if TYPE_CHECKING:  # annotations only: backdoor.attacks imports this module, not the other way round
+    from .attacks import Attack
 
 
 def check_ratio(ratio: float) -> None:
@@ -36,19 +40,20 @@ def poison_indices(n: int, ratio: float, seed: int = 0) -> torch.Tensor:
 
 
 @torch.no_grad()
-def bake(attack: Attack, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """Trigger uint8 images [N,3,H,W] and round back to uint8, as if saved to disk."""
+def bake_with(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, device: torch.device,
+              batch_size: int = 1024) -> torch.Tensor:
+    """fn applied on `device` to uint8 images [N,3,H,W] as floats in [0,1], rounded back to uint8 on x's device."""
     out = torch.empty_like(x)
     for i in range(0, len(x), batch_size):
         xb = x[i : i + batch_size].float() / 255.0
-        tb = attack.apply(xb.to(_device_of(attack)))
+        tb = fn(xb.to(device))
         out[i : i + batch_size] = (tb * 255.0).round().clamp(0, 255).to(torch.uint8).to(x.device)
     return out
 
 
-def _device_of(attack: Attack) -> torch.device:
-    tensors = list(attack.parameters()) + list(attack.buffers())
-    return tensors[0].device if tensors else torch.device("cpu")
+def bake(attack: Attack, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    """Trigger uint8 images [N,3,H,W] and round back to uint8, as if saved to disk."""
+    return bake_with(attack.apply, x, device_of(attack), batch_size)
 
 
 def poison_train_set(
@@ -67,3 +72,26 @@ def poisoned_test_set(x: torch.Tensor, y: torch.Tensor, attack: Attack) -> tuple
     """Triggered copies of the non-target test images, with their true labels."""
     keep = y != attack.target
     return bake(attack, x[keep]), y[keep]
+
+
+def materialise(x: torch.Tensor, y: torch.Tensor, attack: Attack, bd_ratio: float, cross_ratio: float,
+                seed: int, cross: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> dict:
+    """The poisoned training set a per-batch attack stands for (BackdoorBench saves one too).
+
+    round(bd_ratio * N) images (the same indices `poison_indices` draws) are triggered and
+    relabelled; the next round(cross_ratio * N) of the same permutation go through `cross`
+    and keep their labels. Returns poison_idx, cross_idx, x_train, y_train, num_poisoned.
+    """
+    n = len(x)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    kb = round(bd_ratio * n)
+    kc = min(round(cross_ratio * n), n - kb) if cross is not None else 0
+    bd, cr = perm[:kb].sort().values, perm[kb : kb + kc].sort().values
+    device = device_of(attack)
+    xp, yp = x.clone(), y.clone()
+    if kb:
+        xp[bd] = bake_with(attack.apply, x[bd], device)
+        yp[bd] = attack.target
+    if kc:
+        xp[cr] = bake_with(cross, x[cr], device)
+    return {"poison_idx": bd, "cross_idx": cr, "x_train": xp, "y_train": yp, "num_poisoned": kb}

@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .metrics import batched_outputs
-from .train import TrainConfig, autocast, make_optimizer, steps_per_epoch, sync as _sync
+from .train import TrainConfig, autocast, channels_last, device_of, make_optimizer, steps_per_epoch, sync as _sync, \
+    use_channels_last
 
 log = logging.getLogger(__name__)
 
@@ -140,11 +141,11 @@ def run_epochs(module: nn.Module, x: torch.Tensor, cfg: TrainConfig, step: Step,
     `train_mode` (default `module.train()`) runs before every epoch, so modules that must
     keep some layers in eval mode (BadEncoder's frozen BatchNorm) survive evaluation.
     """
-    device = next(module.parameters()).device
+    device = device_of(module)
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x = x.to(device)
-    if use_channels_last(cfg, device):
+    if use_channels_last(device, cfg.channels_last):
         module.to(memory_format=torch.channels_last)
     opt = make_optimizer(cfg, params)
     spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last, cfg.max_steps)
@@ -174,23 +175,12 @@ def run_epochs(module: nn.Module, x: torch.Tensor, cfg: TrainConfig, step: Step,
     return history
 
 
-def use_channels_last(cfg: TrainConfig, device: torch.device) -> bool:
-    """channels_last on CUDA only: on CPU it is slower here, and torch 2.14's CPU backward through
-    ResNet18Encoder in channels_last corrupts the heap for odd batch sizes (BadEncoder's 2B+B+1)."""
-    return cfg.channels_last and device.type == "cuda"
-
-
-def channels_last(x: torch.Tensor, on: bool = True) -> torch.Tensor:
-    """x in channels_last layout when `on`."""
-    return x.contiguous(memory_format=torch.channels_last) if on else x
-
-
 def pretrain_simclr(model: nn.Module, x: torch.Tensor, cfg: TrainConfig, aug: SimCLRAugment = SimCLRAugment(),
                     temperature: float = 0.5, evaluate: Optional[Callable[[], dict]] = None) -> list[dict]:
     """SimCLR on uint8 images x: two views per image, one forward each (BN per view, as BadEncoder)."""
 
     def step(xb: torch.Tensor, gen: torch.Generator):
-        on = use_channels_last(cfg, xb.device)
+        on = use_channels_last(xb.device, cfg.channels_last)
         z1 = model(channels_last(simclr_augment(xb, aug, gen), on))
         z2 = model(channels_last(simclr_augment(xb, aug, gen), on))
         return nt_xent(z1, z2, temperature), {}

@@ -6,6 +6,7 @@ channels_last layout, bf16 autocast on CUDA, and no host sync inside an epoch.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import time
@@ -112,9 +113,22 @@ def make_scheduler(cfg: TrainConfig) -> SchedulerFactory:
     return factory
 
 
-def device_of(model: nn.Module) -> torch.device:
-    """The device holding the model's parameters."""
-    return next(model.parameters()).device
+def device_of(module: nn.Module) -> torch.device:
+    """The device of a module's first parameter or buffer; CPU for one with neither (BadNets' trigger)."""
+    first = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device("cpu") if first is None else first.device
+
+
+def use_channels_last(device: torch.device, enabled: bool = True) -> bool:
+    """The one channels_last rule (fit, the SSL loops, batched inference): CUDA only. There it is faster;
+    on the CPU it is slower here, and torch 2.14's CPU backward in channels_last corrupts the heap on odd
+    batch sizes (fit's last batch without drop_last, BadEncoder's 2B+B+1 batches)."""
+    return enabled and device.type == "cuda"
+
+
+def channels_last(x: torch.Tensor, on: bool = True) -> torch.Tensor:
+    """x in channels_last layout when `on` (`use_channels_last`)."""
+    return x.contiguous(memory_format=torch.channels_last) if on else x
 
 
 def uses_bf16(device: torch.device, bf16: bool) -> bool:
@@ -234,8 +248,7 @@ def fit(
             xb = augment(xb, cfg.crop_pad, cfg.flip, gen)
             if batch_hook is not None:
                 xb, yb = batch_hook(xb, yb, (epoch - 1) * spe + s)
-            if use_cl:
-                xb = xb.contiguous(memory_format=torch.channels_last)
+            xb = channels_last(xb, use_cl)
             with autocast(device, cfg.bf16):
                 loss = loss_fn(net, xb, yb) if loss_fn is not None else F.cross_entropy(net(xb), yb)
             opt.zero_grad(set_to_none=True)

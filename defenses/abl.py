@@ -21,7 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backdoor.train import TrainConfig, autocast
+from backdoor.metrics import batched
+from backdoor.train import TrainConfig
 
 from .base import DefenseContext, DefenseResult
 from .common import (Budget, Stages, detection_scores, device_of, finish, fresh_model, require_train_set, start,
@@ -73,19 +74,12 @@ def ascent_epochs(cfg: ABLConfig) -> int:
     return max(0, cfg.unlearn.epochs - 1) if cfg.variant == "backdoorbench" else cfg.unlearn.epochs
 
 
-@torch.no_grad()
 def per_sample_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 512, *,
                     bf16: bool) -> torch.Tensor:
     """Cross-entropy of every (uint8) training sample, eval mode, no augmentation, in the run's precision."""
-    device, was_training, out = device_of(model), model.training, []
-    model.eval()
-    for i in range(0, len(x), batch_size):
-        xb = x[i : i + batch_size].to(device).float().div_(255.0)
-        with autocast(device, bf16):
-            logits = model(xb)
-        out.append(F.cross_entropy(logits.float(), y[i : i + batch_size].to(device), reduction="none").cpu())
-    model.train(was_training)
-    return torch.cat(out)
+    device = device_of(model)
+    return batched(model, x, lambda xb, sl: F.cross_entropy(model(xb).float(), y[sl].to(device), reduction="none"),
+                   batch_size, bf16=bf16)
 
 
 def lowest_loss(losses: torch.Tensor, ratio: float) -> torch.Tensor:

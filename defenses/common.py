@@ -8,7 +8,8 @@ from typing import Callable, Optional
 import torch
 import torch.nn as nn
 
-from backdoor.train import Clock, TrainConfig, augment, autocast, device_of, fit
+from backdoor.metrics import batched
+from backdoor.train import Clock, TrainConfig, augment, device_of, fit
 
 from .base import DefenseContext, DefenseResult
 
@@ -74,23 +75,15 @@ def augmented(x: torch.Tensor, crop_pad: int, flip: bool, seed: int) -> torch.Te
     return out.round().to(torch.uint8)
 
 
-@torch.no_grad()
 def layer_output(model: nn.Module, x: torch.Tensor, layer: str, batch_size: int = 512, *,
                  bf16: bool) -> torch.Tensor:
     """Flattened float output of the named module for uint8 images x, on CPU (eval mode, run's precision)."""
-    module = dict(model.named_modules())[layer]
-    device, was_training, outs = device_of(model), model.training, []
-    handle = module.register_forward_hook(lambda m, i, o: outs.append(o.flatten(1).float().cpu()))
-    model.eval()
+    module, outs = dict(model.named_modules())[layer], []
+    handle = module.register_forward_hook(lambda m, i, o: outs.append(o.flatten(1).float()))
     try:
-        for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size].to(device).float().div_(255.0)
-            with autocast(device, bf16):
-                model(xb.contiguous(memory_format=torch.channels_last))
+        return batched(model, x, lambda xb, _: (model(xb), outs.pop())[1], batch_size, bf16=bf16)
     finally:
         handle.remove()
-        model.train(was_training)
-    return torch.cat(outs) if outs else torch.empty(0)
 
 
 def detection_scores(flagged: torch.Tensor, poison_idx: Optional[torch.Tensor]) -> dict:

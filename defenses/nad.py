@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from backdoor.train import autocast, fit
+from backdoor.metrics import batched
+from backdoor.train import fit
 
 from .base import DefenseContext, DefenseResult
-from .common import Budget, clean_subset, device_of, finish, start, step_lr
+from .common import Budget, clean_subset, finish, start, step_lr
 
 
 @dataclass(frozen=True)
@@ -60,20 +61,17 @@ def at_loss(s: dict, t: dict, cfg: NADConfig) -> torch.Tensor:
     return sum(beta * F.mse_loss(attention_map(s[n], cfg.p), attention_map(t[n], cfg.p)) for n, beta in cfg.betas)
 
 
-@torch.no_grad()
 def attention_loss(student: nn.Module, teacher: nn.Module, x: torch.Tensor, cfg: NADConfig, bf16: bool) -> float:
     """Mean weighted AT loss over uint8 images x, both models in eval mode (for reporting)."""
-    names, device, total = [n for n, _ in cfg.betas], device_of(student), 0.0
-    modes = student.training, teacher.training
-    student.eval(), teacher.eval()
+    names = [n for n, _ in cfg.betas]
     with capture(student, names) as s, capture(teacher, names) as t:
-        for i in range(0, len(x), 512):
-            xb = x[i : i + 512].to(device).float().div_(255.0)
-            with autocast(device, bf16):
-                student(xb), teacher(xb)
-            total += at_loss(s, t, cfg).item() * len(xb)
-    student.train(modes[0]), teacher.train(modes[1])
-    return total / len(x)
+
+        def step(xb: torch.Tensor, _: slice) -> torch.Tensor:
+            student(xb), teacher(xb)
+            return torch.tensor([at_loss(s, t, cfg).item() * len(xb)], dtype=torch.float64)
+
+        per_batch = batched(student, x, step, 512, bf16=bf16, also=(teacher,))
+    return sum(per_batch.tolist(), 0.0) / len(x)
 
 
 def nad(ctx: DefenseContext) -> DefenseResult:

@@ -27,8 +27,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from backdoor.models import make_model
-from backdoor.train import TrainConfig, fit, precision_used, uses_bf16
+from backdoor.models import DEFAULT_ARCH, make_model
+from backdoor.train import TrainConfig, fit, precision_used, sync, uses_bf16
 from defenses import DefenseContext, SFTConfig, get_defense
 from experiments.common import positive_int, resolve_device
 
@@ -48,11 +48,6 @@ class PILDataset(Dataset):
 
     def __getitem__(self, i: int):
         return self.tf(Image.fromarray(self.x[i])), int(self.y[i])
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 EpochTimer = Callable[[int], float]  # (round) -> seconds of one training epoch
@@ -172,7 +167,7 @@ def loops(x: torch.Tensor, y: torch.Tensor, batch: int, workers: int, device: to
     """The reference and one `fit` loop per precision, each on its own model of the same initial weights."""
     def model() -> torch.nn.Module:
         torch.manual_seed(0)
-        return make_model("preactresnet18", 10, width, "cifar10").to(device)
+        return make_model(DEFAULT_ARCH, 10, width, "cifar10").to(device)
 
     return {REFERENCE: reference_loop(model(), x, y, batch, workers, device),
             **{ours_name(b): our_loop(model(), x, y, batch, b) for b in precisions}}
@@ -180,7 +175,7 @@ def loops(x: torch.Tensor, y: torch.Tensor, batch: int, workers: int, device: to
 
 def sft_seconds(x: torch.Tensor, y: torch.Tensor, batch: int, width: int, device: torch.device, bf16: bool) -> float:
     """Wall seconds of one SFT epoch through the defence registry (one run)."""
-    model = make_model("preactresnet18", 10, width, "cifar10").to(device)
+    model = make_model(DEFAULT_ARCH, 10, width, "cifar10").to(device)
     ctx = DefenseContext(model, x, y, TrainConfig(epochs=1, batch_size=batch, flip=True, bf16=bf16),
                          params={"sft": SFTConfig()})
     sync(device)

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from backdoor.attacks import ATTACKS, Attack, make_attack
 from backdoor.checkpoint import (CheckpointError, atomic_write_json, environment, load_checkpoint, load_state_into,
-                                 require, sidecar_path, split_all)
+                                 require, sidecar_path, split, split_all)
 from backdoor import data as _data
 from backdoor.data import ImageData, load_dataset
 from backdoor.metrics import make_evaluator
@@ -109,12 +109,25 @@ def rebuild_attack(name: str, params: dict[str, Any], state: dict[str, torch.Ten
     return attack
 
 
+def build_model(arch: dict[str, Any]) -> nn.Module:
+    """An untrained model from a checkpoint's `arch` record (name, num_classes, width, dataset)."""
+    return make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
+
+
+def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
+    """(model, sidecar meta) of a checkpoint holding one model under `model.` (the clean model)."""
+    tensors, meta = load_checkpoint(path)
+    model = build_model(meta["arch"])
+    load_state_into(model, split(tensors, "model"))
+    return model.to(device), meta
+
+
 def load_backdoored(path: Path, device: torch.device) -> tuple[nn.Module, Attack, dict[str, Any]]:
     """Rebuild the backdoored model and its attack from a checkpoint written by `standalone train`."""
     tensors, meta = load_checkpoint(path)
     check_backdoored_meta(meta, sidecar_path(path))
-    arch, parts = meta["arch"], split_all(tensors, ("model", "attack"), path)
-    model = make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
+    parts = split_all(tensors, ("model", "attack"), path)
+    model = build_model(meta["arch"])
     load_state_into(model, parts["model"])
     attack = rebuild_attack(meta["attack"]["name"], meta["attack"]["params"], parts["attack"], path)
     return model.to(device), attack.to(device), meta

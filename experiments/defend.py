@@ -26,7 +26,7 @@ from backdoor.data import DATA_DIR, DATASETS, IMAGE_SIZE, ImageData, load_datase
 from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_model, folder_classes,
                                load_image_folder, read_model_file, triggered_classes)
 from backdoor.metrics import accuracy, make_evaluator
-from backdoor.models import DATASET_STATS, model_names
+from backdoor.models import DATASET_STATS, DEFAULT_ARCH, model_names
 from backdoor.train import precision_used
 from defenses import DefenseContext, get_defense
 from defenses.common import clean_subset
@@ -57,7 +57,7 @@ def resolve_arch(args: argparse.Namespace, mf: ModelFile) -> tuple[str, str]:
     """(architecture, where it came from): --arch, else the file's, else PreAct-ResNet18."""
     arch, source = (args.arch, "--arch") if args.arch else (mf.hints.get("arch"), "file")
     if not arch:
-        arch, source = "preactresnet18", "default"
+        arch, source = DEFAULT_ARCH, "default"
     names = model_names()
     if arch not in names:
         raise ValueError(f"unknown architecture {arch!r} ({source}); choose one of: {', '.join(names)}")
@@ -273,8 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, help="FT learning rate (SFT takes its LRs from the profile)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--fraction", type=float, default=1.0, help="share of the clean data used (paper Fig. 7)")
-    ap.add_argument("--arch", help="preactresnet18 or a torchvision model name (default: the file's, "
-                                   "else preactresnet18)")
+    ap.add_argument("--arch", help=f"{DEFAULT_ARCH} or a torchvision model name (default: the file's, "
+                                   f"else {DEFAULT_ARCH})")
     ap.add_argument("--num-classes", type=int, help="default: the file's, else the data's")
     ap.add_argument("--width", type=int, help="PreAct-ResNet18 width (default: read off the file)")
     ap.add_argument("--norm", help="input normalisation by dataset name (cifar10, imagenet, ...) or none")

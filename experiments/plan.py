@@ -100,10 +100,9 @@ class Costs:
         self.table: dict[tuple[str, str], Callable[[Step], float]] = {
             ("experiments.standalone", "train"): self.train,
             ("experiments.standalone", "defend"): self.defend,
-            ("experiments.sequela", "clean"): lambda s: self._train_from_scratch(s.opt("dataset")),
+            ("experiments.clean", ""): lambda s: self._train_from_scratch(s.opt("dataset")),
             ("experiments.sequela", "mia"): self.mia,
             ("experiments.sequela", "reinject"): self.reinject,
-            ("experiments.transfer", "pretrain"): lambda s: self._train_from_scratch(self.sw.pretrain),
             ("experiments.transfer", "run"): self.transfer,
             ("experiments.ablations", ""): self.ablation,
             ("experiments.encoder", "pretrain"): self.simclr,

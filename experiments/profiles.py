@@ -29,6 +29,7 @@ import torch
 
 from backdoor.attacks import ATTACKS as ATTACK_CLASSES
 from backdoor.checkpoint import atomic_write_json
+from backdoor.models import DEFAULT_ARCH
 from backdoor.train import TrainConfig, precision_used
 from defenses import ABLConfig, ACConfig, Budget, FPConfig, NADConfig, NCConfig, SFTConfig, SpectralConfig
 from experiments import common
@@ -84,6 +85,7 @@ class Profile:
     encoder: EncoderConfig  # Fig. 2
     # Fig. 6 charges these defences their device time after this many epochs (others: the full run).
     charge_epochs: Mapping[str, int] = field(default_factory=dict)
+    arch: str = DEFAULT_ARCH  # the classifier every standalone, clean and transfer model is (backdoor.models)
     precision: str = "bf16"  # "fp32" or "bf16" (autocast on CUDA; CPU runs are always fp32)
     sft: SFTConfig = field(default_factory=SFTConfig)
     poison_ratio: float = 0.1

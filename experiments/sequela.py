@@ -1,11 +1,10 @@
 """Backdoor sequela (paper Section 6): membership inference (Fig. 10) and re-injection (Fig. 11, 14-17).
 
-    python -m experiments.sequela clean    --profile demo --dataset digits
     python -m experiments.sequela mia      --profile demo --dataset digits --attack badnets --model sft
     python -m experiments.sequela reinject --profile demo --dataset digits --attack badnets --model sft --ratio 0.01
 
 `--model` is `backdoor` (MIA only), `clean` (re-injection only: the model trained without
-poison) or a defence whose checkpoint `standalone defend` wrote. Each call writes one file.
+poison, `experiments.clean`) or a defence whose checkpoint `standalone defend` wrote. Each call writes one file.
 """
 from __future__ import annotations
 
@@ -16,16 +15,12 @@ import torch
 import torch.nn as nn
 
 from backdoor.attacks import Attack
-from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
-from backdoor.metrics import accuracy
-from backdoor.models import make_model
-from backdoor.train import fit
 from defenses import DEFENSES
-from experiments.common import (eval_subset, evaluator_for, jsonable, load_backdoored, load_data, resolve_device, run_dir,
-                                run_main, setup, write_result)
+from experiments.clean import load_clean
+from experiments.common import (eval_subset, evaluator_for, load_backdoored, load_data, resolve_device, run_dir, run_main,
+                                setup, write_result)
 from experiments.profiles import Profile, add_profile_args, profile_from
 from experiments.standalone import load_poisoned_set
-from experiments.transfer import clean_path
 from sequela.mia import membership_inference, mia_split
 from sequela.reinject import epochs_to, reinject
 
@@ -48,25 +43,6 @@ def parse_ratio(text: str) -> float:
     if not 0.0 < r <= 1.0:
         raise ValueError(f"--ratio must be a number in (0, 1], got {text!r}")
     return r
-
-
-def clean(args: argparse.Namespace) -> None:
-    """Train the reference model without poison, with the attack-training recipe of the profile."""
-    prof, device = profile_from(args), resolve_device(args.device)
-    cfg = prof.train_config(args.dataset)
-    setup(f"clean model {args.dataset} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
-    data = load_data(args.dataset, prof)
-    torch.manual_seed(prof.seed)
-    model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
-    x_test = data.x_test.to(device)
-    history = fit(model, data.x_train, data.y_train, cfg, desc="train clean",
-                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
-    meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": args.dataset}, "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
-            "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
-    write_result(run_dir("results", prof.name, args.dataset, "clean") / "model.json", {**meta, "history": history})
-    save_model(clean_path(prof, args.dataset), model, jsonable(meta))
-    print(f"clean: CA {history[-1]['ca']:.3f}")
 
 
 def mia(args: argparse.Namespace) -> None:
@@ -103,11 +79,7 @@ def load_start(prof: Profile, dataset: str, attack_name: str, model_name: str,
         model, attack, _ = load_backdoored(ck / f"{model_name}.safetensors", device)
         return model, attack
     _, attack, _ = load_backdoored(ck / "backdoor.safetensors", device)
-    tensors, meta = load_checkpoint(clean_path(prof, dataset))
-    arch = meta["arch"]
-    model = make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
-    load_state_into(model, split(tensors, "model"))
-    return model.to(device), attack
+    return load_clean(prof, dataset, device), attack
 
 
 def reinject_step(args: argparse.Namespace) -> None:
@@ -137,7 +109,7 @@ def reinject_step(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["clean", "mia", "reinject"])
+    ap.add_argument("step", choices=["mia", "reinject"])
     add_profile_args(ap)
     ap.add_argument("--dataset", required=True)
     ap.add_argument("--attack", help="mia, reinject: the attack (its backdoored checkpoint holds the trigger)")
@@ -145,11 +117,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ratio", help="reinject: poison ratio in (0, 1], as written in the file name")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
-    if args.step != "clean" and not (args.attack and args.model):
+    if not (args.attack and args.model):
         ap.error(f"{args.step} needs --attack and --model")
     if args.step == "reinject" and not args.ratio:
         ap.error("reinject needs --ratio")
-    run_main({"clean": clean, "mia": mia, "reinject": reinject_step}[args.step], args)
+    run_main({"mia": mia, "reinject": reinject_step}[args.step], args)
 
 
 if __name__ == "__main__":

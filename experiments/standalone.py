@@ -41,13 +41,13 @@ def train(args: argparse.Namespace) -> None:
            "device": device, "precision": precision_used(device, cfg.bf16)})
     data = load_data(args.dataset, prof)
     torch.manual_seed(prof.seed)
-    model = make_model("preactresnet18", data.num_classes, prof.width, args.dataset).to(device)
+    model = make_model(prof.arch, data.num_classes, prof.width, args.dataset).to(device)
     ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
     rs = run_dir("results", prof.name, args.dataset, args.attack)
     check_writable([ck, rs], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
-    history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed)
+    history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed, arch=prof.arch)
     seconds = sum(r["seconds"] for r in history)
-    meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
+    meta = {"arch": {"name": prof.arch, "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},
             "attack": {"name": args.attack, "params": attack.params()}, "trigger": trigger_record(attack),
             **prof.stamp(device), "train": cfg,

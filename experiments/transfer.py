@@ -5,34 +5,29 @@ The adversary's backdoored model is the standalone one trained on the pre-traini
 downstream task and fine-tunes the whole model with FT or SFT, recording CA and the
 transfer ASR (`backdoor.metrics.transfer_attack_success_rate`) after every epoch.
 
-    python -m experiments.transfer pretrain --profile demo            # the clean reference model
     python -m experiments.transfer run --profile demo --downstream digits5to9 --attack badnets --defense sft
     python -m experiments.transfer run --profile demo --downstream digits5to9 --attack clean --defense ft \\
         --triggers "badnets blended"
 
-`--attack clean` fine-tunes the model pre-trained without poison and measures every listed
-attack's trigger on it: the transfer ASR that means "no backdoor".
+`--attack clean` fine-tunes the model pre-trained without poison (`experiments.clean`) and measures
+every listed attack's trigger on it: the transfer ASR that means "no backdoor".
 """
 from __future__ import annotations
 
 import argparse
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
 
 from backdoor.attacks import Attack
-from backdoor.checkpoint import load_checkpoint, load_state_into, save_model, split
 from backdoor.data import ImageData
-from backdoor.metrics import accuracy, make_transfer_evaluator
-from backdoor.models import make_model
+from backdoor.metrics import make_transfer_evaluator
 from backdoor.poison import bake
-from backdoor.train import fit
 from defenses import DefenseContext, get_defense
-from experiments.common import jsonable, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
-    write_result
+from experiments.clean import load_clean
+from experiments.common import load_backdoored, load_data, resolve_device, run_dir, run_main, setup, write_result
 from experiments.profiles import Profile, add_profile_args, profile_from
 
 TRANSFER_DEFENSES = ("ft", "sft")
@@ -70,31 +65,6 @@ def swap_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
     return model
 
 
-def clean_path(prof: Profile, pretrain: str) -> Path:
-    """The model pre-trained without poison, beside the backdoored ones."""
-    return run_dir("checkpoints", prof.name, pretrain, "clean") / "model.safetensors"
-
-
-def pretrain_clean(args: argparse.Namespace) -> None:
-    """Train the pre-training model exactly as `standalone train` does, minus the poison."""
-    prof, device = profile_from(args), resolve_device(args.device)
-    pretrain = prof.sweeps.pretrain
-    cfg = prof.train_config(pretrain)
-    setup(f"pretrain clean {pretrain} ({prof.name})", {"train": cfg, "width": prof.width, "device": device})
-    data = load_data(pretrain, prof)
-    torch.manual_seed(prof.seed)
-    model = make_model("preactresnet18", data.num_classes, prof.width, pretrain).to(device)
-    x_test = data.x_test.to(device)
-    history = fit(model, data.x_train, data.y_train, cfg, desc="pretrain clean",
-                  evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
-    meta = {"arch": {"name": "preactresnet18", "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": pretrain}, "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
-            "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
-    write_result(run_dir("results", prof.name, pretrain, "clean") / "model.json", {**meta, "history": history})
-    save_model(clean_path(prof, pretrain), model, jsonable(meta))
-    print(f"clean pre-trained: CA {history[-1]['ca']:.3f}")
-
-
 def load_pretrained(prof: Profile, pretrain: str, attack: str, triggers: list[str],
                     device: torch.device) -> tuple[nn.Module, dict[str, Attack]]:
     """The pre-trained model (backdoored by `attack`, or `clean`) and the attacks whose triggers to test."""
@@ -104,11 +74,7 @@ def load_pretrained(prof: Profile, pretrain: str, attack: str, triggers: list[st
         return model, {attack: att}
     if not triggers:
         raise ValueError("--attack clean needs --triggers (the attacks whose triggers to measure)")
-    tensors, meta = load_checkpoint(clean_path(prof, pretrain))
-    arch = meta["arch"]
-    model = make_model(arch["name"], arch["num_classes"], arch["width"], arch.get("dataset"))
-    load_state_into(model, split(tensors, "model"))
-    return model.to(device), {a: load_backdoored(ckpt(a), device)[1] for a in triggers}
+    return load_clean(prof, pretrain, device), {a: load_backdoored(ckpt(a), device)[1] for a in triggers}
 
 
 def run(args: argparse.Namespace) -> None:
@@ -145,17 +111,17 @@ def run(args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("step", choices=["pretrain", "run"])
+    ap.add_argument("step", choices=["run"])
     add_profile_args(ap)
-    ap.add_argument("--downstream", help="for `run`: the user's task (paper: cifar10, gtsrb)")
-    ap.add_argument("--attack", help="for `run`: the pre-trained model's attack, or `clean`")
-    ap.add_argument("--defense", default="ft", help="for `run`: ft or sft")
+    ap.add_argument("--downstream", help="the user's task (paper: cifar10, gtsrb)")
+    ap.add_argument("--attack", help="the pre-trained model's attack, or `clean`")
+    ap.add_argument("--defense", default="ft", help="ft or sft")
     ap.add_argument("--triggers", default="", help="for `--attack clean`: attacks whose triggers to measure")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
-    if args.step == "run" and not (args.downstream and args.attack):
+    if not (args.downstream and args.attack):
         ap.error("run needs --downstream and --attack")
-    run_main(pretrain_clean if args.step == "pretrain" else run, args)
+    run_main(run, args)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,6 @@ endif
 # Re-injection figures use CIFAR10 as the paper does, or the profile's first dataset (demo: digits).
 SEQ_DATASET ?= $(if $(filter cifar10,$(DATASETS)),cifar10,$(firstword $(DATASETS)))
 
-# ---- the reference model trained without poison (the transfer scenario's rule wins for its pretrain set)
-$(CK)/%/clean/model.safetensors: | $(STAMP)
-	$(RUN) experiments.sequela clean $(PROFLAGS) --dataset $* $(DEVFLAG)
-
 # ---- membership inference: one file per (dataset, attack, model)
 $(RS)/%/mia/backdoor.json: $(CK)/%/backdoor.safetensors
 	$(RUN) experiments.sequela mia $(PROFLAGS) $(call runargs,$*) --model backdoor $(DEVFLAG)

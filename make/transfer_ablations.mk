@@ -13,10 +13,8 @@ _TA_DATASETS := $(DATASETS)
 _TA_RUNS     := $(foreach d,$(_TA_DATASETS),$(foreach a,$(_TA_ATTACKS),$(d)/$(a)))
 TR            = $(RS)/transfer
 
-# ---- transfer: the backdoored pre-trained models are the standalone checkpoints of $(PRETRAIN)
-$(CK)/$(PRETRAIN)/clean/model.safetensors: | $(STAMP)
-	$(RUN) experiments.transfer pretrain $(PROFLAGS) $(DEVFLAG)
-
+# ---- transfer: the backdoored pre-trained models are the standalone checkpoints of $(PRETRAIN), the clean one
+# make/clean.mk's
 define transfer_rule
 $$(TR)/$(1)/$(2)/$(3).json: $$(CK)/$$(PRETRAIN)/$(2)/backdoor.safetensors
 	$$(RUN) experiments.transfer run $$(PROFLAGS) --downstream $(1) --attack $(2) --defense $(3) $$(DEVFLAG)

@@ -13,10 +13,10 @@ import torch.nn as nn
 
 from backdoor.attacks import Attack
 from backdoor.attacks.per_batch import expected_counts
-from backdoor.attacks.training import live_evaluator
+from backdoor.attacks.training import live_evaluator, train_backdoored
 from backdoor.data import ImageData
-from backdoor.poison import check_ratio, poison_train_set
-from backdoor.train import TrainConfig, fit, steps_per_epoch
+from backdoor.poison import check_ratio
+from backdoor.train import TrainConfig, device_of, fit, steps_per_epoch
 
 Evaluator = Callable[[nn.Module], dict]
 
@@ -25,7 +25,7 @@ def num_poisoned(attack: Attack, n: int, ratio: float, cfg: TrainConfig) -> floa
     """Poisoned images per epoch: round(ratio * n) for baked triggers; for per-batch attacks the
     expected count, ratio x batch x steps below one image per batch (drawn per batch, see per_batch)."""
     check_ratio(ratio)
-    if attack.trains_own_loop:
+    if attack.poisoning == "per_batch":
         spe = steps_per_epoch(n, cfg.batch_size, cfg.drop_last, cfg.max_steps)
         return expected_counts(attack, cfg.batch_size, ratio)[0] * spe
     return round(ratio * n)
@@ -48,20 +48,18 @@ def reinject(model: nn.Module, attack: Attack, data: ImageData, cfg: TrainConfig
     if n_poison == 0 and not control:
         return {**record, "skipped": f"ratio {ratio} poisons 0 of {len(data.x_train)} training images",
                 "history": []}
-    device = next(model.parameters()).device
+    device = device_of(model)
     attack.to(device)
     ev = evaluate or live_evaluator(data, attack, device, cfg.bf16)
     if n_poison == 0:
         history = fit(model, data.x_train, data.y_train, cfg, evaluate=ev, desc="reinject (control)")
-    elif attack.trains_own_loop:
-        # WaNet keeps its warping field; InputAware keeps training its generator, as in its own procedure.
-        history, info = attack.train_backdoor(model, data.x_train, data.y_train, cfg, ratio, seed, ev)
-        return {**record, "n_poison_drawn": info["poisoned_seen"], "history": history}
-    else:
-        # The trigger is the loaded one (LF's `prepare` is not re-run: it would draw a new pattern).
-        xp, yp, _ = poison_train_set(data.x_train, data.y_train, attack, ratio, seed)
-        history = fit(model, xp, yp, cfg, evaluate=ev, desc=f"reinject {attack.name}")
-    return {**record, "history": history}
+        return {**record, "history": history}
+    # The trigger is the loaded one (LF's trigger is not rebuilt: that would draw a new pattern). WaNet keeps
+    # its warping field; InputAware keeps training its generator, as in its own procedure.
+    history, info = train_backdoored(attack, model, data, cfg, ratio, seed, ev, build_trigger=False,
+                                     desc=f"reinject {attack.name}")
+    drawn = {"n_poison_drawn": info["poisoned_seen"]} if attack.poisoning == "per_batch" else {}
+    return {**record, **drawn, "history": history}
 
 
 def epochs_to(history: list[dict], key: str = "asr", threshold: float = 0.8) -> Optional[int]:

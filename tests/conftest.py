@@ -13,13 +13,15 @@ from backdoor.data import ImageData, load_dataset
 from experiments import common, profiles, sequela, standalone, transfer
 
 # By module path: `defenses.spectral` the attribute is the defence function, not its module.
-spectral_lib, reinject_lib = importlib.import_module("defenses.spectral"), importlib.import_module("sequela.reinject")
+spectral_lib = importlib.import_module("defenses.spectral")
+training_lib = importlib.import_module("backdoor.attacks.training")
 
 # The CLI chain's re-injection runs this many epochs instead of the smoke profile's 15: the CLI test checks
 # wiring exactly (counts, lengths, the starting model), the re-injection claim is tested on the library call.
 CLI_REINJECT_EPOCHS = 2
 # Functions whose calls (args, result) the chain records, so tests check what a step really computed on.
-SPIED = ((sequela, "mia_split"), (reinject_lib, "poison_train_set"), (spectral_lib, "spectral_detect"))
+# poison_train_set: called by train_backdoored, for the attack's training and re-injection alike.
+SPIED = ((sequela, "mia_split"), (training_lib, "poison_train_set"), (spectral_lib, "spectral_detect"))
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -14,6 +14,7 @@ import backdoor.attacks.wanet as wanet_mod
 from backdoor.attacks import make_attack, trigger_record
 from backdoor.attacks.lf import pattern_from_array
 from backdoor.attacks.per_batch import N_DRAWS, crop_shift, draw_count, post_augment, rotate
+from backdoor.attacks.training import train_backdoored
 from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.poison import bake
@@ -87,7 +88,7 @@ def test_wanet_training_batches_are_warped_then_cropped_and_rotated(monkeypatch)
     atk = make_attack("wanet", s=2.0, cross_ratio=0.0)
     model = Recorder(32)
     cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
-    atk.train_backdoor(model, x, y, cfg, ratio=0.25, seed=0)
+    train_backdoored(atk, model, ImageData("same", x, y, x[:2], y[:2], 10), cfg, 0.25, 0, evaluate=False)
     xf = img.float() / 255
     aug = lambda t: TF.hflip(TF.rotate(TF.crop(TF.pad(t, [5]), 2, 8, 32, 32), -6.0))  # noqa: E731
     warped, clean = aug(atk.apply(xf)), aug(xf)
@@ -110,7 +111,7 @@ def test_inputaware_augment_option_post_augments_its_batches(monkeypatch):
     atk = make_attack("inputaware", width=4, mask_epochs=0, cross_ratio=0.0, augment="batch")
     model = Recorder(32)
     cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
-    atk.train_backdoor(model, x, y, cfg, ratio=0.25, seed=0)
+    train_backdoored(atk, model, ImageData("same", x, y, x[:2], y[:2], 10), cfg, 0.25, 0, evaluate=False)
     clean = TF.rotate(TF.crop(TF.pad(img.float() / 255, [5]), 9, 1, 32, 32), 8.0)  # no flip: 0.9 >= 0.5
     assert len(model.seen) == 2
     for b in model.seen:
@@ -185,7 +186,7 @@ def test_lf_uses_backdoorbenchs_pattern_file_exactly(tmp_path, monkeypatch):
     path, a = _bb_pattern(tmp_path)
     atk = make_attack("lf", pattern_file=str(path))
     monkeypatch.setattr(type(atk), "generate", lambda *a, **k: pytest.fail("a pattern file must not be regenerated"))
-    atk.prepare(None, None, width=4, seed=0)
+    atk.prepare_trigger(None, None, width=4, seed=0)
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     ref = (x.int() + torch.from_numpy(a).permute(2, 0, 1).int()).clamp(0, 255)
     assert torch.equal(bake(atk, x).int(), ref)
@@ -198,12 +199,12 @@ def test_lf_uses_backdoorbenchs_pattern_file_exactly(tmp_path, monkeypatch):
 def test_lf_pattern_file_errors_are_one_line(tmp_path):
     path, _ = _bb_pattern(tmp_path, shape=(16, 16, 3))
     with pytest.raises(ValueError, match="shape \\(16, 16, 3\\); need finite values, 32x32x3"):
-        make_attack("lf", pattern_file=str(path)).prepare(None, None, 4, 0)
+        make_attack("lf", pattern_file=str(path)).prepare_trigger(None, None, 4, 0)
     with pytest.raises(FileNotFoundError, match="not found"):
-        make_attack("lf", pattern_file=str(tmp_path / "nope.npy")).prepare(None, None, 4, 0)
+        make_attack("lf", pattern_file=str(tmp_path / "nope.npy")).prepare_trigger(None, None, 4, 0)
     path, _ = _bb_pattern(tmp_path)
     with pytest.raises(ValueError, match="expected 00"):
-        make_attack("lf", pattern_file=str(path), pattern_sha256="00").prepare(None, None, 4, 0)
+        make_attack("lf", pattern_file=str(path), pattern_sha256="00").prepare_trigger(None, None, 4, 0)
     grey = np.full((32, 32), 7, dtype=np.uint8)  # BackdoorBench stacks a 2-D pattern into 3 channels
     assert torch.equal(pattern_from_array(grey, 32) * 255, torch.full((3, 32, 32), 7.0))
 

@@ -106,12 +106,12 @@ def test_lf_prepare_caches_the_trigger_per_dataset(digits, tmp_path, monkeypatch
     calls = []
     monkeypatch.setattr(LF, "generate", lambda self, *a: calls.append(a) or fixed)
     a = LF(clean_epochs=0)
-    a.prepare(data, TINY, width=4, seed=0)
+    a.prepare_trigger(data, TINY, width=4, seed=0)
     assert a.cache_path("digits", 4).is_file() and len(calls) == 1
     b = LF(clean_epochs=0)
-    b.prepare(data, TINY, width=4, seed=0)
+    b.prepare_trigger(data, TINY, width=4, seed=0)
     assert len(calls) == 1 and torch.equal(a.pattern, b.pattern)
-    LF(clean_epochs=0).prepare(data, TINY, width=4, seed=1)  # other settings: regenerate
+    LF(clean_epochs=0).prepare_trigger(data, TINY, width=4, seed=1)  # other settings: regenerate
     assert len(calls) == 2
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backdoor.data import load_dataset
-from experiments import ablations, encoder, report, sequela, standalone, transfer
+from experiments import ablations, clean, encoder, report, sequela, standalone, transfer
 from experiments import common
 from experiments.profiles import PROFILES
 
@@ -23,7 +23,7 @@ TINY = replace(SMOKE, width=4, attacks=("badnets",), attack_train=replace(SMOKE.
                finetune_epochs=2, reinject_epochs=2, reinject_ratios=(0.1,), mia_epochs=2,
                encoder=replace(SMOKE.encoder, downstream=replace(SMOKE.encoder.downstream, epochs=1)),
                sweeps=replace(SMOKE.sweeps, transfer_epochs=1, sft_epochs=1))
-WRITERS = (standalone, sequela, transfer, encoder, ablations)
+WRITERS = (standalone, clean, sequela, transfer, encoder, ablations)
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def real_results(tmp_path_factory):
             standalone.main(["defend", *base, *run, "--defense", d])
         for m in ("backdoor", "sft"):
             sequela.main(["mia", *base, *run, "--model", m])
-        sequela.main(["clean", *base, "--dataset", "digits"])
+        clean.main([*base, "--dataset", "digits"])
         for m in ("clean", "sft"):
             sequela.main(["reinject", *base, *run, "--model", m, "--ratio", "0.1"])
         ablations.main([*base, *run, "--points", "sft_frac0.1_max0.1"])

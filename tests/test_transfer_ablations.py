@@ -16,7 +16,7 @@ from backdoor.models import make_model
 from backdoor.poison import bake
 from backdoor.train import steps_per_epoch
 from defenses import DefenseContext, get_defense
-from experiments import ablations, common, sweeps, transfer
+from experiments import ablations, clean, common, sweeps, transfer
 from experiments.profiles import get_profile
 from experiments.sweeps import AblationPoint, parse_point, point_file
 
@@ -159,7 +159,7 @@ def tiny(digits, tmp_path, monkeypatch):
         save_model(common.run_dir("checkpoints", "smoke", "digits", name) / "backdoor.safetensors",
                    make_model("preactresnet18", 10, WIDTH, "digits"),
                    {"arch": arch, "attack": {"name": name, "params": attack.params()}}, attack)
-    save_model(transfer.clean_path(SMOKE, "digits"), make_model("preactresnet18", 10, WIDTH, "digits"),
+    save_model(clean.clean_path(SMOKE, "digits"), make_model("preactresnet18", 10, WIDTH, "digits"),
                {"arch": arch, "attack": None})
     return small
 

@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..ssl import SimCLRAugment, channels_last, run_epochs, simclr_augment, use_channels_last
-from ..train import TrainConfig
+from ..ssl import SimCLRAugment, run_epochs, simclr_augment
+from ..train import TrainConfig, channels_last, device_of, use_channels_last
 from .badnets import BadNets
 
 REFERENCE_AUG = SimCLRAugment(crop=False)  # BadEncoder's finetune_transform
@@ -32,7 +32,7 @@ class BadEncoder(BadNets):
     """BadEncoder's patch trigger plus the attacker's reference image(s) of the target class (uint8 buffer)."""
 
     name = "badencoder"
-    trains_own_loop = True
+    poisoning = "encoder"
 
     def __init__(self, target: int = 0, size: int = 10, margin: int = 1, value: float = 1.0,
                  num_references: int = 1, image_size: int = 32):
@@ -86,7 +86,7 @@ def train_badencoder(encoder: nn.Module, x_shadow: torch.Tensor, attack: BadEnco
     Returns per-epoch means of loss, l0, l1, l2 and train seconds (plus `evaluate()`).
     """
     clean = copy.deepcopy(clean if clean is not None else encoder).eval().requires_grad_(False)
-    on = use_channels_last(cfg, next(encoder.parameters()).device)
+    on = use_channels_last(device_of(encoder), cfg.channels_last)
     if on:
         clean.to(memory_format=torch.channels_last)
     bns = freeze_batchnorm(encoder)

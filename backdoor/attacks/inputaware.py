@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Attack
+from ..poison import materialise
+from ..train import augment, device_of, steps_per_epoch
+from .base import Attack, PerBatchTraining
 from .per_batch import augment_draws, check_augment, draw_count, expected_counts, post_augment
 
 EPS = 1e-7
@@ -73,8 +75,8 @@ class InputAware(Attack):
     """Per-image triggers from a trained generator and mask; owns its (fit-based) training loop."""
 
     name = "inputaware"
-    trains_own_loop = True
-    learns_trigger = True  # the triggered test set must be rebuilt after every epoch
+    poisoning = "per_batch"
+    learns_trigger = True
 
     def __init__(self, target: int = 0, width: int = 32, mask_epochs: int = 25, mask_density: float = 0.032,
                  lambda_div: float = 1.0, lambda_norm: float = 100.0, cross_ratio: float = 1.0,
@@ -114,9 +116,7 @@ class InputAware(Attack):
 
     def train_mask(self, x_train: torch.Tensor, cfg: Any, seed: int) -> list[float]:
         """Stage 1: mask net alone, on the engine's device-resident batches; returns per-epoch loss."""
-        from backdoor.train import augment, steps_per_epoch
-
-        device = next(self.parameters()).device
+        device = device_of(self)
         gen = torch.Generator(device=device).manual_seed(seed + 1)
         x = x_train.to(device)
         opt = self._adam(self.mask_net, self.hp["lr_m"])
@@ -190,13 +190,9 @@ class InputAware(Attack):
 
         return hook, flush
 
-    def train_backdoor(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Any,
-                       ratio: float, seed: int, evaluate: Optional[Callable] = None) -> tuple[list[dict], dict]:
-        """Stage 1 (mask) then stage 2 (classifier + G on fit); returns (history, poison_info)."""
-        from backdoor.train import fit
-        from .training import materialise
-
-        self.to(next(model.parameters()).device)
+    def per_batch_training(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Any,
+                           ratio: float, seed: int, evaluate: Optional[Callable] = None) -> PerBatchTraining:
+        """Stage 1 (mask) here; stage 2 (classifier + G) is `fit` with the returned hook; `finish` after it."""
         torch.manual_seed(seed)
         mask_losses = self.train_mask(x_train, cfg, seed)
         opt_g = self._adam(self.generator, self.hp["lr_g"])
@@ -211,20 +207,22 @@ class InputAware(Attack):
             self.generator.train()
             return out
 
+        def finish() -> dict:
+            flush()
+            self.eval()
+            nb, nc = expected_counts(self, cfg.batch_size, ratio)
+
+            def cross(xb: torch.Tensor) -> torch.Tensor:
+                return self.cross(xb, xb.roll(1, 0))  # each image gets its neighbour's trigger
+
+            with torch.no_grad():
+                info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed,
+                                   cross=cross)
+            return {**info, "bd_per_batch": nb, "cross_per_batch": nc, "mask_losses": mask_losses,
+                    "poisoned_seen": tally["poisoned"]}
+
         self.generator.train()
-        history = fit(model, x_train, y_train, fit_cfg, evaluate=evaluate_now, batch_hook=hook,
-                      desc="train inputaware")
-        flush()
-        self.eval()
-        nb, nc = expected_counts(self, cfg.batch_size, ratio)
-
-        def cross(xb: torch.Tensor) -> torch.Tensor:
-            return self.cross(xb, xb.roll(1, 0))  # each image gets its neighbour's trigger
-
-        with torch.no_grad():
-            info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed, cross=cross)
-        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc, "mask_losses": mask_losses,
-                         "poisoned_seen": tally["poisoned"]}
+        return PerBatchTraining(fit_cfg, hook, evaluate_now, finish)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), **self.hp}

@@ -31,6 +31,9 @@ import torch.nn.functional as F
 from safetensors import safe_open
 from safetensors.torch import save
 
+from ..checkpoint import atomic_write_bytes
+from ..models import DEFAULT_ARCH, make_model
+from ..train import fit
 from .base import Attack
 
 log = logging.getLogger(__name__)
@@ -77,7 +80,7 @@ def targeted_deepfool(model: nn.Module, x: torch.Tensor, target: int, overshoot:
 
 
 class LF(Attack):
-    """Additive universal low-frequency pattern in [0, max_value]; needs `prepare` (or a checkpoint)."""
+    """Additive universal low-frequency pattern in [0, max_value]; needs `prepare_trigger` (or a checkpoint)."""
 
     name = "lf"
 
@@ -97,7 +100,8 @@ class LF(Attack):
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
         if not bool(self.pattern.any()):
-            raise ValueError("LF trigger is empty: call prepare() (train_backdoored does) or load a checkpoint")
+            raise ValueError("LF trigger is empty: call prepare_trigger() (train_backdoored does) or load a "
+                             "checkpoint")
         return (x + self.pattern.to(x.dtype)).clamp(0, 1)
 
     def set_pattern(self, v: torch.Tensor) -> None:
@@ -151,17 +155,15 @@ class LF(Attack):
         root = Path(os.environ.get("ARTIFACTS", "artifacts")) / "triggers"
         return root / f"lf_{dataset}_w{width}_t{self.target}.safetensors"
 
-    def prepare(self, data: Any, cfg: Any, width: int, seed: int) -> None:
+    def prepare_trigger(self, data: Any, cfg: Any, width: int, seed: int, arch: str = DEFAULT_ARCH) -> None:
         """Load `pattern_file`, else the cached trigger for (dataset, width, target), else train a clean
-        model and generate it."""
-        from backdoor.checkpoint import atomic_write_bytes
-        from backdoor.models import make_model
-        from backdoor.train import fit
-
+        `arch` model and generate it."""
         if self.pattern_file:
             self.load_pattern_file()
             return
-        path, key = self.cache_path(data.name, width), json.dumps({**self.gen_params, "seed": seed}, sort_keys=True)
+        # arch enters the key only when it is not the default, so caches made before it was a setting stay valid
+        made_with = {**self.gen_params, "seed": seed, **({"arch": arch} if arch != DEFAULT_ARCH else {})}
+        path, key = self.cache_path(data.name, width), json.dumps(made_with, sort_keys=True)
         device = self.pattern.device
         if path.is_file():
             with safe_open(str(path), "pt") as f:
@@ -170,7 +172,7 @@ class LF(Attack):
                     return
             log.info("LF cache %s was made with other settings; regenerating", path)
         torch.manual_seed(seed)
-        model = make_model("preactresnet18", data.num_classes, width, data.name).to(device)
+        model = make_model(arch, data.num_classes, width, data.name).to(device)
         if self.gen_params["clean_epochs"]:  # 0: an untrained clean model (fit refuses 0 epochs)
             fit(model, data.x_train, data.y_train, replace(cfg, epochs=self.gen_params["clean_epochs"], seed=seed),
                 desc="LF clean model")

@@ -23,7 +23,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Attack
+from ..poison import materialise
+from ..train import device_of
+from .base import Attack, PerBatchTraining
 from .per_batch import augment_draws, check_augment, draw_count, expected_counts, post_augment
 
 
@@ -46,7 +48,7 @@ class WaNet(Attack):
     """Warp every image with one fixed smooth field; cross (noise-mode) samples keep labels."""
 
     name = "wanet"
-    trains_own_loop = True  # poisons per batch, inside fit's batch_hook
+    poisoning = "per_batch"
 
     def __init__(self, target: int = 0, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0,
                  cross_ratio: float = 2.0, size: int = 32, seed: int = 0, augment: str = "batch",
@@ -117,23 +119,21 @@ class WaNet(Attack):
 
         return hook
 
-    def train_backdoor(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Any,
-                       ratio: float, seed: int, evaluate: Optional[Callable] = None) -> tuple[list[dict], dict]:
-        """Train `model` with on-the-fly warping; returns (history, poison_info)."""
-        from backdoor.train import fit
-        from .training import materialise
-
-        self.to(next(model.parameters()).device)
+    def per_batch_training(self, model: nn.Module, x_train: torch.Tensor, y_train: torch.Tensor, cfg: Any,
+                           ratio: float, seed: int, evaluate: Optional[Callable] = None) -> PerBatchTraining:
+        """On-the-fly warping inside `fit`; `finish` materialises the poisoned set it stands for."""
         # BackdoorBench trains WaNet on un-augmented loads; the augmentation follows the trigger
         fit_cfg = cfg if self.augment == "off" else replace(cfg, crop_pad=0, flip=False)
         tally: dict[str, int] = {"poisoned": 0}
-        hook = self.training_hook(ratio, seed, cfg.flip, tally)
-        history = fit(model, x_train, y_train, fit_cfg, evaluate=evaluate, batch_hook=hook, desc="train wanet")
-        nb, nc = expected_counts(self, cfg.batch_size, ratio)
-        gen = torch.Generator(device=next(self.buffers()).device).manual_seed(seed)
-        info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed,
-                           cross=lambda xb: self.apply_noise(xb, gen))
-        return history, {**info, "bd_per_batch": nb, "cross_per_batch": nc, "poisoned_seen": tally["poisoned"]}
+
+        def finish() -> dict:
+            nb, nc = expected_counts(self, cfg.batch_size, ratio)
+            gen = torch.Generator(device=device_of(self)).manual_seed(seed)
+            info = materialise(x_train, y_train, self, nb / cfg.batch_size, nc / cfg.batch_size, seed,
+                               cross=lambda xb: self.apply_noise(xb, gen))
+            return {**info, "bd_per_batch": nb, "cross_per_batch": nc, "poisoned_seen": tally["poisoned"]}
+
+        return PerBatchTraining(fit_cfg, self.training_hook(ratio, seed, cfg.flip, tally), evaluate, finish)
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "k": self.k, "s": self.s, "grid_rescale": self.grid_rescale,
