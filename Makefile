@@ -63,7 +63,11 @@ RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ --l
   $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
 # A failing call (an unknown PROFILE, a bad SET) yields !error; Make then stops at once with the one-line reason.
-profile_field = $(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS) 2>/dev/null || echo '!error'))
+# Goals that read no list in this make (each call imports torch): given only these, none is computed, so
+# `make demo` does not read PROFILE=paper's lists before its sub-make reads demo's.
+LISTLESS   := all demo demo-full test test-slow help clean-demo bench plan rehearsal data fake-data defend report
+NEED_LISTS := $(filter-out $(LISTLESS),$(MAKECMDGOALS))
+profile_field = $(if $(NEED_LISTS),$(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS) 2>/dev/null || echo '!error')))
 # Evaluated once per Make run (each call imports torch), unless given on the command line.
 ifeq ($(origin DATASETS),undefined)
 DATASETS := $(call profile_field,datasets)
@@ -75,7 +79,9 @@ ifneq ($(filter !error,$(DATASETS) $(ATTACKS)),)
 $(error PROFILE=$(PROFILE): $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS) 2>&1 | tail -n 1 | sed 's/^[A-Za-z]*[Ee]rror: //'))
 endif
 runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(d)/$(a)))
-SUBMAKE   = $(MAKE) --no-print-directory DATASETS="$(DATASETS)" ATTACKS="$(ATTACKS)"
+# The one way a goal builds its files in a sub-make of the same profile: every list read here is passed
+# on (make/*.mk add theirs to SUBMAKE_LISTS), so the sub-make reads none again.
+SUBMAKE   = $(MAKE) --no-print-directory DATASETS="$(DATASETS)" ATTACKS="$(ATTACKS)" $(SUBMAKE_LISTS)
 runargs   = --dataset $(word 1,$(subst /, ,$(1))) --attack $(word 2,$(subst /, ,$(1)))
 
 .PHONY: all demo demo-full figure-files test test-slow bench data figure1 figure4 summary clean-demo help

@@ -27,7 +27,7 @@ $(FG)/figure6.png: $(foreach r,$(runs),$(foreach d,$(FIG6_DEFENSES),$(RS)/$(r)/$
 
 .PHONY: figure5 figure6 figure12 figure13 baselines
 figure5 figure6 figure12 figure13: $(STAMP)
-	@$(MAKE) --no-print-directory $(FG)/$@.png
+	@+$(SUBMAKE) $(FG)/$@.png
 
 baselines: $(STAMP)
-	@$(MAKE) --no-print-directory $(foreach r,$(runs),$(foreach d,$(BASELINES),$(RS)/$(r)/$(d).json))
+	@+$(SUBMAKE) $(foreach r,$(runs),$(foreach d,$(BASELINES),$(RS)/$(r)/$(d).json))

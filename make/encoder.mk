@@ -6,16 +6,19 @@ ENC_MODES := classifier whole clean
 ENC_CK     = $(CK)/encoder
 ENC_RS     = $(RS)/encoder
 enc_field  = $(call profile_field,encoder.$(1))
-# Computed when figure2 is among the figures built (`make figure2`, `make all`), or given on the command line.
+# Computed when figure2 is among the figures built (`make figure2`, `make all`, the file goal .../figure2.png),
+# or given on the command line.
 ifeq ($(origin ENC_PRE),undefined)
-ENC_PRE   := $(if $(filter figure2,$(FIGS)),$(call enc_field,pretrain_sets))
-ENC_DOWN  := $(if $(filter figure2,$(FIGS)),$(call enc_field,downstream_sets))
+ENC_WANTED := $(filter figure2 %/figure2.png,$(FIGS) $(MAKECMDGOALS))
+ENC_PRE   := $(if $(ENC_WANTED),$(call enc_field,pretrain_sets))
+ENC_DOWN  := $(if $(ENC_WANTED),$(call enc_field,downstream_sets))
 endif
+SUBMAKE_LISTS += $(if $(ENC_PRE),ENC_PRE="$(ENC_PRE)" ENC_DOWN="$(ENC_DOWN)")
 
 .PHONY: figure2
 
 figure2: $(STAMP)
-	@+$(MAKE) --no-print-directory FIGS=figure2 figure-files
+	@+$(SUBMAKE) $(FG)/figure2.png
 
 $(ENC_CK)/%/simclr.safetensors: | $(STAMP)
 	$(RUN) experiments.encoder pretrain $(PROFLAGS) --pretrain $* $(DEVFLAG)

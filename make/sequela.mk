@@ -7,6 +7,7 @@ SEQ_DEFENSES ?= ft sft abl ac fp nad nc spectral
 ifeq ($(origin SEQ_RATIOS),undefined)
 SEQ_RATIOS := $(call profile_field,reinject_ratios)
 endif
+SUBMAKE_LISTS += SEQ_RATIOS="$(SEQ_RATIOS)"
 # Re-injection figures use CIFAR10 as the paper does, or the profile's first dataset (demo: digits).
 SEQ_DATASET ?= $(if $(filter cifar10,$(DATASETS)),cifar10,$(firstword $(DATASETS)))
 
@@ -50,4 +51,4 @@ $(eval $(call seq_reinject_figure,figure17,wanet))
 
 .PHONY: figure10 figure11 figure14 figure15 figure16 figure17
 figure10 figure11 figure14 figure15 figure16 figure17: $(STAMP)
-	@+$(SUBMAKE) SEQ_RATIOS="$(SEQ_RATIOS)" $(FG)/$@.png
+	@+$(SUBMAKE) $(FG)/$@.png

@@ -7,7 +7,7 @@ T1_DATASETS ?= $(DATASETS)
 
 .PHONY: table1
 table1: $(STAMP)
-	@$(MAKE) --no-print-directory $(FG)/table1.png
+	@+$(SUBMAKE) $(FG)/table1.png
 
 $(RS)/table1.safetensors: $(foreach d,$(T1_DATASETS),$(foreach a,$(T1_ATTACKS),$(CK)/$(d)/$(a)/backdoor.safetensors))
 	$(RUN) experiments.table1 $(PROFLAGS) --datasets "$(T1_DATASETS)" --attacks "$(T1_ATTACKS)" \

@@ -4,7 +4,11 @@
 # Sizes come from the profile's `sweeps` (experiments/profiles.py, experiments/sweeps.py); each run writes one file.
 comma := ,
 # One Python call per Make run (name=v1,v2 words); lists are read once, not per expansion.
+# (A := right-hand side is expanded even when the command line overrides it: hence the origin test.)
+ifeq ($(origin _SW),undefined)
 _SW := $(call profile_field,sweep_lists)
+endif
+SUBMAKE_LISTS += _SW="$(_SW)"
 sw   = $(subst $(comma), ,$(patsubst $(1)=%,%,$(filter $(1)=%,$(_SW))))
 PRETRAIN   ?= $(call sw,pretrain)
 DOWNSTREAM ?= $(call sw,downstream)
@@ -47,4 +51,4 @@ $(foreach n,7 8 9,$(eval $(call ablation_figure,$(n))))
 
 .PHONY: figure3 figure7 figure8 figure9
 figure3 figure7 figure8 figure9: $(STAMP)
-	@$(MAKE) --no-print-directory $(FG)/$@.png
+	@+$(SUBMAKE) $(FG)/$@.png
