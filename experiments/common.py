@@ -38,6 +38,11 @@ def run_dir(kind: str, profile: str, dataset: str, attack: str) -> Path:
     return ARTIFACTS / kind / profile / dataset / attack
 
 
+def trigger_cache_dir() -> Path:
+    """artifacts/triggers: built triggers (LF's) shared by every profile's runs with the same settings."""
+    return ARTIFACTS / "triggers"
+
+
 def setup(argv_desc: str, config: dict[str, Any]) -> None:
     """Log to stderr and print the resolved config, sorted, before any work."""
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"), format="%(levelname)s %(name)s: %(message)s")

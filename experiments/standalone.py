@@ -21,7 +21,7 @@ from backdoor.train import precision_used
 from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
 from experiments.common import (check_writable, evaluator_for, jsonable, load_backdoored, load_data, resolve_device,
-                                run_dir, run_main, setup, write_result)
+                                run_dir, run_main, setup, trigger_cache_dir, write_result)
 from experiments.profiles import add_profile_args, profile_from
 
 
@@ -45,7 +45,8 @@ def train(args: argparse.Namespace) -> None:
     ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
     rs = run_dir("results", prof.name, args.dataset, args.attack)
     check_writable([ck, rs], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
-    history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed, arch=prof.arch)
+    history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed, arch=prof.arch,
+                                     trigger_cache=trigger_cache_dir())
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": {"name": prof.arch, "num_classes": data.num_classes, "width": prof.width,
                      "dataset": args.dataset},

@@ -101,17 +101,16 @@ def test_lf_adds_the_pattern_with_clipping_in_uint8():
 
 
 def test_lf_prepare_caches_the_trigger_per_dataset(digits, tmp_path, monkeypatch):
-    monkeypatch.setenv("ARTIFACTS", str(tmp_path))
     data, fixed = _subset(digits, 64), gaussian_lowpass(torch.rand(3, 32, 32), 6.0, 30).clamp(0, 0.2)
     calls = []
     monkeypatch.setattr(LF, "generate", lambda self, *a: calls.append(a) or fixed)
     a = LF(clean_epochs=0)
-    a.prepare_trigger(data, TINY, width=4, seed=0)
-    assert a.cache_path("digits", 4).is_file() and len(calls) == 1
+    a.prepare_trigger(data, TINY, width=4, seed=0, cache_dir=tmp_path)
+    assert a.cache_path("digits", 4, tmp_path).is_file() and len(calls) == 1
     b = LF(clean_epochs=0)
-    b.prepare_trigger(data, TINY, width=4, seed=0)
+    b.prepare_trigger(data, TINY, width=4, seed=0, cache_dir=tmp_path)
     assert len(calls) == 1 and torch.equal(a.pattern, b.pattern)
-    LF(clean_epochs=0).prepare_trigger(data, TINY, width=4, seed=1)  # other settings: regenerate
+    LF(clean_epochs=0).prepare_trigger(data, TINY, width=4, seed=1, cache_dir=tmp_path)  # other settings: regenerate
     assert len(calls) == 2
 
 

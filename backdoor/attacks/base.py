@@ -6,6 +6,7 @@ so an attack states what it does instead of being probed for it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional
 
 import torch
@@ -59,8 +60,10 @@ class Attack(nn.Module):
         """JSON-able constructor arguments, enough (with the buffers) to rebuild the attack."""
         return {"target": self.target}
 
-    def prepare_trigger(self, data: Any, cfg: Any, width: int, seed: int, arch: str = DEFAULT_ARCH) -> None:
-        """Build the trigger before the training set is poisoned (LF trains an `arch` model for it); default: none."""
+    def prepare_trigger(self, data: Any, cfg: Any, width: int, seed: int, arch: str = DEFAULT_ARCH,
+                        cache_dir: Optional[Path] = None) -> None:
+        """Build the trigger before the training set is poisoned (LF trains an `arch` model for it, cached in
+        `cache_dir` if given); default: none."""
 
     def cross_count(self, nb: int, batch: int) -> int:
         """Images beside `nb` poisoned ones in a batch that get a non-target (cross/noise) trigger; default 0."""

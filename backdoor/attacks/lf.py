@@ -9,7 +9,7 @@ each update followed by a separable Gaussian low-pass filter (`taps` taps, `sigm
 zero padding) and min-max normalisation into [0, max_value]. BackdoorBench updates after
 every image; we average the converged DeepFool steps of `batch` images per update (batch=1
 is their rule), which is 10x fewer sequential steps at the default. The result is cached
-per dataset, width and target under $ARTIFACTS/triggers/ (default artifacts/triggers/).
+per dataset, width and target in the cache directory its caller names (the pipeline: <artifacts>/triggers/).
 `pattern_file=PATH` instead loads one of BackdoorBench's patterns (resource/lowFrequency/
 <dataset>_<model>_0_255.npy: uint8 H x W x 3 on the 0..255 scale, added before the clip, as its
 SimpleAdditiveTrigger does) and records its SHA-256 in `params()`.
@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Optional
@@ -151,21 +150,21 @@ class LF(Attack):
                          .to(self.pattern.device))
         self.pattern_sha256 = digest
 
-    def cache_path(self, dataset: str, width: int) -> Path:
-        root = Path(os.environ.get("ARTIFACTS", "artifacts")) / "triggers"
-        return root / f"lf_{dataset}_w{width}_t{self.target}.safetensors"
+    def cache_path(self, dataset: str, width: int, cache_dir: Path) -> Path:
+        return Path(cache_dir) / f"lf_{dataset}_w{width}_t{self.target}.safetensors"
 
-    def prepare_trigger(self, data: Any, cfg: Any, width: int, seed: int, arch: str = DEFAULT_ARCH) -> None:
-        """Load `pattern_file`, else the cached trigger for (dataset, width, target), else train a clean
-        `arch` model and generate it."""
+    def prepare_trigger(self, data: Any, cfg: Any, width: int, seed: int, arch: str = DEFAULT_ARCH,
+                        cache_dir: Optional[Path] = None) -> None:
+        """Load `pattern_file`, else the trigger cached under `cache_dir` for (dataset, width, target), else
+        train a clean `arch` model and generate it (and cache it, given a `cache_dir`)."""
         if self.pattern_file:
             self.load_pattern_file()
             return
         # arch enters the key only when it is not the default, so caches made before it was a setting stay valid
         made_with = {**self.gen_params, "seed": seed, **({"arch": arch} if arch != DEFAULT_ARCH else {})}
-        path, key = self.cache_path(data.name, width), json.dumps(made_with, sort_keys=True)
-        device = self.pattern.device
-        if path.is_file():
+        key, device = json.dumps(made_with, sort_keys=True), self.pattern.device
+        path = self.cache_path(data.name, width, cache_dir) if cache_dir is not None else None
+        if path is not None and path.is_file():
             with safe_open(str(path), "pt") as f:
                 if (f.metadata() or {}).get("params") == key:
                     self.set_pattern(f.get_tensor("pattern").to(device))
@@ -182,7 +181,8 @@ class LF(Attack):
         x_eval = data.x_train[torch.cat(per_class)]
         as_float = lambda t: t.to(device).float() / 255.0  # noqa: E731
         self.set_pattern(self.generate(model, as_float(data.x_train[pick]), as_float(x_eval), seed))
-        atomic_write_bytes(path, save({"pattern": self.pattern.cpu().contiguous()}, metadata={"params": key}))
+        if path is not None:
+            atomic_write_bytes(path, save({"pattern": self.pattern.cpu().contiguous()}, metadata={"params": key}))
 
     def params(self) -> dict[str, Any]:
         files = {"pattern_file": self.pattern_file, "pattern_sha256": self.pattern_sha256} if self.pattern_file else {}

@@ -6,7 +6,8 @@ set up by their `per_batch_training`. The hooks are declared on `Attack` (base.p
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from pathlib import Path
+from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -39,14 +40,15 @@ def live_evaluator(data: ImageData, attack: Attack, device: torch.device, bf16: 
 
 def train_backdoored(attack: Attack, model: nn.Module, data: ImageData, cfg, ratio: float, seed: int,
                      evaluate: Union[bool, Evaluator] = True, *, arch: str = DEFAULT_ARCH, build_trigger: bool = True,
-                     desc: str = "") -> tuple[list[dict], dict]:
+                     trigger_cache: Optional[Path] = None, desc: str = "") -> tuple[list[dict], dict]:
     """Train `model` (on its device) with `attack` at poison `ratio`; returns (history, info).
 
     `evaluate=True` records CA/ASR/RA each epoch with `live_evaluator` (do not pass an
     evaluator built before training: LF and InputAware have no trigger yet). `info` holds
     poison_idx (LongTensor), num_poisoned, and x_train/y_train: the poisoned training set.
     `arch` is the model's architecture name (LF trains one of its own for its trigger);
-    `build_trigger=False` keeps the attack's loaded trigger (re-injection).
+    `build_trigger=False` keeps the attack's loaded trigger (re-injection); `trigger_cache` is the directory
+    where a built trigger (LF's) is cached, none by default.
     """
     check_ratio(ratio)
     check_target(attack.target, data.num_classes, data.name)
@@ -65,7 +67,7 @@ def train_backdoored(attack: Attack, model: nn.Module, data: ImageData, cfg, rat
                       desc=desc)
         return history, run.finish()
     if build_trigger:
-        attack.prepare_trigger(data, cfg, getattr(model, "width", 64), seed, arch)
+        attack.prepare_trigger(data, cfg, getattr(model, "width", 64), seed, arch, trigger_cache)
     xp, yp, idx = poison_train_set(data.x_train, data.y_train, attack, ratio, seed)
     history = fit(model, xp, yp, cfg, evaluate=ev, desc=desc)
     return history, {"poison_idx": idx, "num_poisoned": len(idx), "x_train": xp, "y_train": yp}
