@@ -21,8 +21,10 @@ SET      ?=
 ifneq ($(SEEDS),)
 override SET := $(strip $(SET) seeds=$(SEEDS))
 endif
+# Checked where the user's goals are given (the combining sub-make gets SEED_DIRS; MAKELEVEL would also skip a
+# `make` started from another make, e.g. the tests under `make test`).
 ifneq ($(filter seeds=%,$(SET)),)
-ifeq ($(MAKELEVEL),0)
+ifeq ($(origin SEED_DIRS),undefined)
 $(if $(filter-out figure4 summary report,$(or $(MAKECMDGOALS),help)),$(error SET="$(SET)": seeds= runs figure4, \
   summary and report; for other targets give one seed: SET="seed=S"))
 endif

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -90,3 +91,8 @@ class SmokeChain:
 def smoke_chain(tmp_path_factory: pytest.TempPathFactory, digits: ImageData) -> SmokeChain:
     """One smoke BadNets model and its defended copies, shared by the end-to-end, CLI, sequela and transfer tests."""
     return SmokeChain(tmp_path_factory.mktemp("artifacts"), digits)
+
+
+def fresh_make_env(**extra: str) -> dict[str, str]:
+    """The environment of a fresh top-level make, also under `make test` (whose MAKEFLAGS/MAKELEVEL would leak in)."""
+    return {**{k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}, **extra}

@@ -18,6 +18,7 @@ import pytest
 from backdoor.attacks import ATTACKS
 from experiments.plan import parse_step, split_by_figure
 from experiments.profiles import BASELINES, field_text, get_profile
+from conftest import fresh_make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = get_profile("smoke")
@@ -54,7 +55,7 @@ def make_n(stub: Path, root: Path, *goals: str) -> tuple[list[str], Counter]:
     """stdout lines of `make -n -B` of `goals` at smoke, and the profile questions it asked."""
     log = stub.parent / "calls.log"
     log.unlink(missing_ok=True)
-    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    env = fresh_make_env()
     out = subprocess.run(["make", "-n", "-B", "-j1", "--no-print-directory", "PROFILE=smoke", f"A={root}",
                           f"PY={stub}", "LAUNCHER=local", "GPUS=", *goals], cwd=ROOT, capture_output=True,
                          text=True, env=env, timeout=120)

@@ -13,11 +13,10 @@ import torch.nn as nn
 
 from backdoor.train import TrainConfig, fit, steps_per_epoch
 from experiments.profiles import PROFILES
+from conftest import fresh_make_env
 
 ROOT = Path(__file__).resolve().parents[1]
-# A fresh top-level make, also under `make test` (whose MAKEFLAGS/MAKELEVEL would leak into it).
-MAKE_ENV = {**{k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}},
-            "OMP_NUM_THREADS": "1"}
+MAKE_ENV = fresh_make_env(OMP_NUM_THREADS="1")
 
 
 def normalised_steps(text: str, profile: str) -> list[str]:

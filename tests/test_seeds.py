@@ -21,6 +21,7 @@ import figures.style  # noqa: E402
 from experiments import report  # noqa: E402
 from experiments.profiles import profile_from, resolve, seed_runs  # noqa: E402
 from experiments.summary import spread, spread_text, table  # noqa: E402
+from conftest import fresh_make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -161,7 +162,8 @@ def _make_n(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     stamp = tmp_path / "stamp"
     stamp.touch()  # the venv counts as installed
     return subprocess.run(["make", "-n", *args, "PROFILE=smoke", "DATASETS=digits", "ATTACKS=badnets",
-                           f"A={tmp_path}", f"STAMP={stamp}"], cwd=ROOT, capture_output=True, text=True, timeout=600)
+                           f"A={tmp_path}", f"STAMP={stamp}"], cwd=ROOT, capture_output=True, text=True, timeout=600,
+                          env=fresh_make_env())
 
 
 def test_make_figure4_runs_each_seed_then_combines(tmp_path):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import fresh_make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 # Fig. 1's LR trace plus the smoke encoder chain of Fig. 2 (SimCLR -> BadEncoder -> 3 downstream runs): 6 steps.
@@ -52,7 +53,7 @@ def cluster() -> None:
 
 def start_make(art: Path, *args: str) -> subprocess.Popen:
     """Start `make A=art <smoke lists> args...` in the repo, isolated from any outer make."""
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    env = fresh_make_env()
     env.update(OMP_NUM_THREADS="1", DATA_DIR=str(art.parent / "data"))
     return subprocess.Popen(["make", "--no-print-directory", "-C", str(ROOT), f"A={art}", *COMMON, *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -27,6 +27,7 @@ from backdoor.poison import check_ratio, poison_indices
 from backdoor.train import TrainConfig, fit
 from experiments import common, standalone
 from experiments.profiles import PROFILES
+from conftest import fresh_make_env
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN = ["train", "--profile", "smoke", "--dataset", "digits", "--attack"]
@@ -107,7 +108,7 @@ def test_oserror_in_a_step_is_one_line_with_exit_2(capsys):
 # ---- names, numbers, files and devices ------------------------------------------------------------------
 
 def test_unknown_profile_stops_make_at_the_first_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in {"MAKEFLAGS", "MFLAGS", "MAKELEVEL"}}
+    env = fresh_make_env()
     r = subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), f"A={tmp_path}", "figure4",
                         "PROFILE=nonsense"], capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 2 and r.stdout == "", r.stdout
