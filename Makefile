@@ -21,15 +21,19 @@ SET      ?=
 ifneq ($(SEEDS),)
 override SET := $(strip $(SET) seeds=$(SEEDS))
 endif
-# Checked where the user's goals are given (the combining sub-make gets SEED_DIRS; MAKELEVEL would also skip a
-# `make` started from another make, e.g. the tests under `make test`).
+SETFLAGS  = $(foreach s,$(SET),--set $(s))
+# Seeds: checked and mapped where the user's goals are given (the combining sub-make gets SEED_DIRS; MAKELEVEL
+# would also skip a `make` started from another make, e.g. the tests under `make test`). The refusal comes before
+# any Python call; SEED_DIRS ("seed:directory" words) comes from experiments/profiles.py seed_runs, the mapping's
+# one owner.
 ifneq ($(filter seeds=%,$(SET)),)
 ifeq ($(origin SEED_DIRS),undefined)
 $(if $(filter-out figure4 summary report,$(or $(MAKECMDGOALS),help)),$(error SET="$(SET)": seeds= runs figure4, \
   summary and report; for other targets give one seed: SET="seed=S"))
+SEED_DIRS := $(shell $(PY) -m experiments.profiles $(PROFILE) seed_dirs $(SETFLAGS))
+$(if $(SEED_DIRS),,$(error SET="$(SET)": no seed directories; see the line above))
 endif
 endif
-SETFLAGS  = $(foreach s,$(SET),--set $(s))
 PROFLAGS  = --profile $(PROFILE) $(SETFLAGS)
 # Goals that only start a sub-make with their own PROFILE (demo: demo, all: $(PROFILE), default paper) resolve SET there.
 DISPATCH := $(if $(MAKECMDGOALS),$(if $(filter-out all demo demo-full test help clean-demo bench,$(MAKECMDGOALS)),,1),1)
@@ -168,14 +172,7 @@ $(FG)/figure1.png: $(RS)/figure1_lr.json
 
 # Seeds (SET="seeds=0,1"): each seed's FT/SFT results are built by a sub-make under SET="<the other overrides>
 # seed=s", so they land exactly where that SET alone writes (reusable; never the profile's own); figure4, summary and
-# report then combine the seeds' results (SRS) into $(PDIR), the profile with the seeds override.
-# SEED_DIRS ("seed:directory" words) comes from experiments/profiles.py seed_runs, the mapping's one owner.
-ifneq ($(filter seeds=%,$(SET)),)
-ifeq ($(origin SEED_DIRS),undefined)
-SEED_DIRS := $(shell $(PY) -m experiments.profiles $(PROFILE) seed_dirs $(SETFLAGS))
-$(if $(SEED_DIRS),,$(error SET="$(SET)": no seed directories; see the line above))
-endif
-endif
+# report then combine the seeds' results (SRS) into $(PDIR), the profile with the seeds override (SEED_DIRS: top).
 seed_dir   = $(A)/results/$(lastword $(subst :, ,$(1)))
 SRS        = $(if $(SEED_DIRS),$(foreach p,$(SEED_DIRS),$(call seed_dir,$(p))),$(RS))
 defended   = $(foreach d,$(1),$(foreach r,$(runs),$(d)/$(r)/ft.json $(d)/$(r)/sft.json))
