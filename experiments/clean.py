@@ -37,8 +37,7 @@ def train_clean(args: argparse.Namespace) -> None:
     x_test = data.x_test.to(device)
     history = fit(model, data.x_train, data.y_train, cfg, desc="train clean",
                   evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
-    meta = {"arch": {"name": prof.arch, "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": args.dataset}, "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
+    meta = {"arch": prof.arch_record(args.dataset, data.num_classes), "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
     write_result(run_dir("results", prof.name, args.dataset, "clean") / "model.json", {**meta, "history": history})
     save_model(clean_path(prof, args.dataset), model, jsonable(meta))

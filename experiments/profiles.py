@@ -149,6 +149,10 @@ class Profile:
         """The encoder scenario's `stage` config (simclr, badencoder, downstream) with seed and precision."""
         return replace(getattr(self.encoder, stage), seed=self.seed, bf16=self.bf16)
 
+    def arch_record(self, dataset: str, num_classes: int) -> dict[str, Any]:
+        """The checkpoint's `arch` record of this profile's classifier (read back by `common.build_model`)."""
+        return {"name": self.arch, "num_classes": num_classes, "width": self.width, "dataset": dataset}
+
     def attack_kwargs(self, attack: str) -> dict[str, Any]:
         """`make_attack` keyword arguments for `attack` (target and the profile's preset)."""
         if attack not in self.attack_params:

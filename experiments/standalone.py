@@ -48,8 +48,7 @@ def train(args: argparse.Namespace) -> None:
     history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed, arch=prof.arch,
                                      trigger_cache=trigger_cache_dir())
     seconds = sum(r["seconds"] for r in history)
-    meta = {"arch": {"name": prof.arch, "num_classes": data.num_classes, "width": prof.width,
-                     "dataset": args.dataset},
+    meta = {"arch": prof.arch_record(args.dataset, data.num_classes),
             "attack": {"name": args.attack, "params": attack.params()}, "trigger": trigger_record(attack),
             **prof.stamp(device), "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
