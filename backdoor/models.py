@@ -245,9 +245,3 @@ class DownstreamClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
 
-
-def _resnet18_mlp(num_classes: int, width: int = 64, mean=(0.0,) * 3, std=(1.0,) * 3) -> DownstreamClassifier:
-    return DownstreamClassifier(ResNet18Encoder(width, mean, std), num_classes)
-
-
-MODELS["resnet18_mlp"] = _resnet18_mlp

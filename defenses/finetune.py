@@ -1,7 +1,7 @@
 """Conventional fine-tuning (FT) and super-fine-tuning (SFT), paper Section 3.2.
 
-FT: whole-model fine-tuning at a constant LR, `ctx.train.lr` (the profile's `ft_lr`: the training
-LR 0.001 in `paper`; quick/demo/smoke set their own, see experiments/profiles.py).
+FT: whole-model fine-tuning at a constant LR, `ctx.train.lr` (the caller's choice; the paper's is its
+training LR, 0.001).
 SFT: triangular cyclic LR stepped per batch between LR_BASE and LR_MAX1 for the first
 `phase1_epochs` epochs, then between LR_BASE and LR_MAX2. The paper's "500 iterations"
 is read as the half-cycle (`step_size_up`); small profiles give the half-cycle in epochs

@@ -28,6 +28,7 @@ from typing import Any, Mapping, Optional, Union, get_args, get_origin, get_type
 import torch
 
 from backdoor.attacks import ATTACKS as ATTACK_CLASSES
+from backdoor.attacks.badencoder import PAPER_CONFIG as BADENCODER_PAPER
 from backdoor.checkpoint import atomic_write_json
 from backdoor.models import DEFAULT_ARCH
 from backdoor.train import TrainConfig, precision_used
@@ -63,7 +64,7 @@ class EncoderConfig:
 
 
 SIMCLR = TrainConfig(epochs=1000, batch_size=256, lr=3e-4, optimizer="adam", weight_decay=1e-6, crop_pad=0)
-BADENCODER = TrainConfig(epochs=200, batch_size=256, lr=0.001, momentum=0.9, weight_decay=5e-4, crop_pad=0)
+BADENCODER = BADENCODER_PAPER  # the official code's settings, owned by the attack (backdoor/attacks/badencoder.py)
 DOWNSTREAM = TrainConfig(epochs=200, batch_size=64, lr=3e-4, optimizer="adam", weight_decay=0.0, crop_pad=0)
 
 

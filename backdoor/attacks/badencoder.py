@@ -1,7 +1,7 @@
 """BadEncoder (Jia et al. 2022): backdoor a pre-trained encoder so that triggered images embed
 like a reference image of the target class.
 
-Facts from the official code (notes/badencoder_mldoctor.md): the trigger is a 10x10 white
+Facts from the official code (github.com/jinyuan-jia/BadEncoder): the trigger is a 10x10 white
 patch at rows/cols 21-30 of a 32x32 image (1 px from the bottom-right corner) replacing
 the pixels; the loss is L0 + lambda1*L1 + lambda2*L2 on L2-normalised features:
   L0 = -cos(f_bd(x + trigger), f_bd(x_ref))          effectiveness on the trigger
