@@ -6,7 +6,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
-from .train import autocast, channels_last, device_of
+from .train import autocast, channels_last, device_of, use_channels_last
 
 
 @torch.no_grad()
@@ -21,7 +21,7 @@ def batched(model: nn.Module, x: torch.Tensor, step: Callable[[torch.Tensor, sli
     device = device_of(model)
     modules = (model, *also)
     modes = [m.training for m in modules]
-    on = True
+    on = use_channels_last(device)
     for m in modules:
         m.eval()
     out = []

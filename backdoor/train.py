@@ -225,9 +225,7 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     x, y = x.to(device), y.to(device)
     spe = steps_per_epoch(len(x), cfg.batch_size, cfg.drop_last, cfg.max_steps)
-    # torch 2.14's CPU backward in channels_last corrupts the heap on odd batch sizes: NCHW there.
-    last = min(cfg.batch_size, len(x) - (spe - 1) * cfg.batch_size) if not cfg.drop_last else cfg.batch_size
-    use_cl = cfg.channels_last and (device.type == "cuda" or (cfg.batch_size % 2 == 0 and last % 2 == 0))
+    use_cl = use_channels_last(device, cfg.channels_last)
     if use_cl:
         model = model.to(memory_format=torch.channels_last)
     net = torch.compile(model) if cfg.compile else model

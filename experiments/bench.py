@@ -159,7 +159,7 @@ REFERENCE = "reference (PIL + DataLoader, fp32, NCHW)"
 
 def ours_name(bf16: bool) -> str:
     """The row name `experiments.plan` reads a profile's img/s from ("ours fp32 ..." / "ours bf16 ...")."""
-    return f"ours {'bf16 autocast' if bf16 else 'fp32'} (device uint8, channels_last)"
+    return f"ours {'bf16 autocast' if bf16 else 'fp32'} (device uint8, channels_last on CUDA)"
 
 
 def loops(x: torch.Tensor, y: torch.Tensor, batch: int, workers: int, device: torch.device, width: int,

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from backdoor.models import make_model
-from backdoor.train import TrainConfig, augment, fit, steps_per_epoch
+from backdoor.metrics import batched
+from backdoor.train import TrainConfig, augment, fit, steps_per_epoch, use_channels_last
 
 
 def test_crop_is_a_shifted_window_of_the_zero_padded_image():
@@ -63,3 +64,18 @@ def test_eval_every_evaluates_every_nth_epoch_and_the_last_with_the_same_trainin
 def test_steps_per_epoch():
     assert steps_per_epoch(50000, 256) == 195 and steps_per_epoch(50000, 256, drop_last=False) == 196
     assert steps_per_epoch(10, 256) == 1
+
+
+def test_one_channels_last_rule_cuda_only_for_training_and_inference():
+    # Catches a second rule: fit used channels_last on the CPU for even batches, batched inference always.
+    assert use_channels_last(torch.device("cuda")) and not use_channels_last(torch.device("cuda"), False)
+    assert not use_channels_last(torch.device("cpu"))
+    torch.manual_seed(0)
+    model = make_model("preactresnet18", 2, 4, "digits")
+    x, y = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64) % 2
+    fit(model, x, y, TrainConfig(epochs=1, batch_size=32, lr=0.01, crop_pad=0))  # channels_last=True asked
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous()  # NCHW: a channels_last 4-d weight is not
+    seen = []
+    batched(model, x, lambda xb, sl: seen.append(xb.is_contiguous()) or xb[:, 0, 0, 0], 16, bf16=False)
+    assert seen == [True] * 4
