@@ -282,7 +282,7 @@ PROFILES: dict[str, Profile] = {
                     encoder=EncoderConfig(("digits",), ("digits",), 8,
                                           replace(SIMCLR, epochs=20, batch_size=128, lr=1e-3),
                                           replace(BADENCODER, epochs=5, batch_size=64, lr=0.01),
-                                          replace(DOWNSTREAM, epochs=5, batch_size=32, lr=1e-3, channels_last=False),
+                                          replace(DOWNSTREAM, epochs=5, batch_size=32, lr=1e-3),
                                           shadow_size=1400),
                     charge_epochs={"sft": 2}),
     "smoke": Profile("smoke", ("digits",), ("badnets", "blended"), 16,
@@ -297,7 +297,7 @@ PROFILES: dict[str, Profile] = {
                                         ft_lrs=(0.001, 0.1), ft_epochs=2, sft_epochs=2),
                      encoder=EncoderConfig(("digits",), ("digits",), 4, replace(SIMCLR, epochs=1, batch_size=128),
                                            replace(BADENCODER, epochs=1, batch_size=128, lr=0.01),
-                                           replace(DOWNSTREAM, epochs=2, channels_last=False), shadow_size=256),
+                                           replace(DOWNSTREAM, epochs=2), shadow_size=256),
                      charge_epochs={"sft": 2}),
 }
 
