@@ -1,7 +1,7 @@
 """Defending a model trained elsewhere (experiments/defend.py, backdoor/external.py).
 
-One BadNets digits model is trained once per session (tests/test_defenses.py's recipe: width 8,
-Adam, 5 epochs) and exported as our checkpoint, a plain state dict and a BackdoorBench
+The session's BadNets digits model (tests/conftest.py `badnets_digits`: width 8, Adam, 8 epochs, shared with
+tests/test_defenses.py) is exported as our checkpoint, a plain state dict and a BackdoorBench
 attack_result.pt; SFT runs in full on one of them and briefly on each.
 """
 from __future__ import annotations
@@ -19,14 +19,11 @@ import torch
 import torch.nn as nn
 from PIL import Image
 
-from backdoor.attacks import make_attack
 from backdoor.checkpoint import save_model
 from backdoor.data import load_dataset
 from backdoor.external import load_image_folder, read_model_file
-from backdoor.metrics import make_evaluator
 from backdoor.models import make_model
-from backdoor.poison import poison_train_set, poisoned_test_set
-from backdoor.train import TrainConfig, fit
+from backdoor.poison import poisoned_test_set
 from experiments.defend import main
 
 WIDTH, TARGET = 8, 0
@@ -41,27 +38,17 @@ def data_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def files(data_dir, tmp_path_factory):
-    """A BadNets digits model exported in the three accepted layouts."""
-    digits = load_dataset("digits", data_dir=data_dir)
-    attack = make_attack("badnets", target=TARGET)
-    xp, yp, idx = poison_train_set(digits.x_train, digits.y_train, attack, 0.1, seed=0)
-    x_bd, y_bd = poisoned_test_set(digits.x_test, digits.y_test, attack)
-    torch.manual_seed(0)
-    model = make_model("preactresnet18", 10, WIDTH, "digits")
-    cfg = TrainConfig(epochs=5, batch_size=64, lr=0.002, crop_pad=0, optimizer="adam", weight_decay=0.0,
-                      schedule="cosine", cosine_t_max=5)
-    evaluate = make_evaluator(digits.x_test, digits.y_test, x_bd, y_bd, TARGET, bf16=False)
-    final = fit(model, xp, yp, cfg, evaluate=evaluate)[-1]
-    assert final["asr"] >= 0.9, final
+def files(badnets_digits, tmp_path_factory):
+    """The session's BadNets digits model (tests/conftest.py) exported in the three accepted layouts."""
+    bd = badnets_digits
     d = tmp_path_factory.mktemp("models")
-    state = model.state_dict()
-    ours = save_model(d / "backdoor.safetensors", model,
+    state = bd.model.state_dict()
+    ours = save_model(d / "backdoor.safetensors", bd.model,
                       {"arch": {"name": "preactresnet18", "num_classes": 10, "width": WIDTH, "dataset": "digits"}})
     torch.save(state, d / "model.pt")
-    torch.save(backdoorbench_layout(state, idx.numpy(), len(xp), d), d / "attack_result.pt")
-    return SimpleNamespace(ours=ours, pt=d / "model.pt", bb=d / "attack_result.pt", state=state, final=final,
-                           digits=digits, attack=attack, dir=d)
+    torch.save(backdoorbench_layout(state, bd.idx.numpy(), len(bd.xp), d), d / "attack_result.pt")
+    return SimpleNamespace(ours=ours, pt=d / "model.pt", bb=d / "attack_result.pt", state=state, final=bd.final,
+                           digits=bd.data, attack=bd.attack, dir=d)
 
 
 def backdoorbench_layout(state: dict, poison_idx: np.ndarray, n: int, d: Path) -> dict:

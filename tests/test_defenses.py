@@ -9,17 +9,13 @@ from __future__ import annotations
 import copy
 import json
 import time
-from dataclasses import replace
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from backdoor.attacks import make_attack
-from backdoor.metrics import make_evaluator
 from backdoor.models import make_model
-from backdoor.poison import poison_train_set, poisoned_test_set
-from backdoor.train import TrainConfig, fit
+from backdoor.train import TrainConfig
 from defenses import (ABLConfig, ACConfig, Budget, DefenseContext, FPConfig, NADConfig, NCConfig, SpectralConfig,
                       get_defense)
 from defenses.abl import isolate, per_sample_loss
@@ -27,7 +23,7 @@ from defenses.common import Clock, clean_subset, detection_scores, fresh_model
 from defenses.nc import anomaly_index, reverse_engineer, unlearning_set
 from experiments.profiles import PROFILES
 
-RATIO, WIDTH, TARGET = 0.1, 8, 0
+TARGET = 0  # the session model's target (tests/conftest.py badnets_digits)
 BASE = TrainConfig(epochs=1, batch_size=64, lr=0.01, crop_pad=0)
 
 
@@ -36,20 +32,9 @@ def budget(epochs: int, **kw) -> Budget:
 
 
 @pytest.fixture(scope="session")
-def bd(digits):
-    """A BadNets-backdoored digits model, its poisoned training set and evaluator."""
-    attack = make_attack("badnets", target=TARGET)
-    xp, yp, idx = poison_train_set(digits.x_train, digits.y_train, attack, RATIO, seed=0)
-    x_bd, y_bd = poisoned_test_set(digits.x_test, digits.y_test, attack)
-    evaluate = make_evaluator(digits.x_test, digits.y_test, x_bd, y_bd, TARGET, bf16=False)
-    torch.manual_seed(0)
-    model = make_model("preactresnet18", 10, WIDTH, "digits")
-    # Adam learns the 3x3 patch of a width-8 net in ~4 epochs; SGD at lr 0.01 needs 10+.
-    cfg = replace(BASE, epochs=5, lr=0.002, optimizer="adam", weight_decay=0.0, schedule="cosine", cosine_t_max=5)
-    history = fit(model, xp, yp, cfg, evaluate=evaluate)
-    assert history[-1]["asr"] > 0.9 and history[-1]["ca"] > 0.85, history[-1]
-    return SimpleNamespace(model=model, xp=xp, yp=yp, idx=idx, data=digits, evaluate=evaluate,
-                           final=history[-1])
+def bd(badnets_digits):
+    """The session's BadNets digits model (tests/conftest.py)."""
+    return badnets_digits
 
 
 def run(bd, name: str, keep: torch.Tensor | None = None, **params):
