@@ -96,6 +96,12 @@ def in_run(name: str, **values: object) -> str:
     return TEMPLATES[name][len(prefix):].format(**{k: str(v) for k, v in values.items()})
 
 
+def relative(name: str, within: str | None = None, **values: object) -> str:
+    """Template `name`'s path relative to its {dir}, or to the dir of directory template `within` (one level
+    up), as text; values such as "{dataset}" keep it a format string."""
+    return str(path(name, path(within, ".") if within else ".", **values))
+
+
 def checkpoints(profile: str) -> Path:
     return path("checkpoints", profile=profile)
 

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from backdoor.data import ImageData, load_dataset
-from experiments import common, profiles, sequela, standalone, transfer
+from experiments import common, paths, profiles, sequela, standalone, transfer
 
 # By module path: `defenses.spectral` the attribute is the defence function, not its module.
 spectral_lib = importlib.import_module("defenses.spectral")
@@ -51,7 +51,7 @@ class SmokeChain:
             return
         data = {"digits": self.data}
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(common, "ARTIFACTS", self.root)
+            mp.setattr(paths, "ARTIFACTS", self.root)
             mp.setitem(profiles.PROFILES, "smoke", self.profile)
             for mod in (standalone, sequela, transfer):  # each binds load_data by name
                 mp.setattr(mod, "load_data", lambda name, prof=None: data[name])
