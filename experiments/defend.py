@@ -256,7 +256,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"before:  {line(r['before'])}")
     print(f"after:   {line(r['after'])}   ({r['defense']}, {r['clean_images']} clean images)")
     print(f"device time {r['device_seconds']:.1f} s on {r['device']}; wrote {r['out']} and "
-          f"{Path(r['out']).with_suffix('.report.json')}")
+          f"{paths.path('defend_report', Path(r['out']).parent, defense=r['defense'])}")
 
 
 def build_parser() -> argparse.ArgumentParser:

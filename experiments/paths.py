@@ -72,7 +72,7 @@ def fields(name: str) -> list[str]:
     return [f for f in dict.fromkeys(_FIELD.findall(TEMPLATES[name])) if f != "root"]
 
 
-def path(name: str, dir: Path | str | None = None, **values: object) -> Path:
+def path(name: str, dir: Path | str | None = None, /, **values: object) -> Path:
     """Template `name` filled in: `dir` is its {dir}, {run} may be given as dataset= and attack=."""
     if "{run}" in TEMPLATES[name] and "run" not in values:
         values["run"] = run(str(values.pop("dataset")), str(values.pop("attack")))
@@ -89,14 +89,14 @@ def run(dataset: str, attack: str) -> str:
     return TEMPLATES["run"].format(dataset=dataset, attack=attack)
 
 
-def in_run(name: str, **values: object) -> str:
+def in_run(name: str, /, **values: object) -> str:
     """A run file's path relative to its run directory (e.g. `ft.json`, `ablation/<point>.json`)."""
     prefix = "{dir}/{run}/"
     assert TEMPLATES[name].startswith(prefix), name
     return TEMPLATES[name][len(prefix):].format(**{k: str(v) for k, v in values.items()})
 
 
-def relative(name: str, within: str | None = None, **values: object) -> str:
+def relative(name: str, within: str | None = None, /, **values: object) -> str:
     """Template `name`'s path relative to its {dir}, or to the dir of directory template `within` (one level
     up), as text; values such as "{dataset}" keep it a format string."""
     return str(path(name, path(within, ".") if within else ".", **values))

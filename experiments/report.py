@@ -1,9 +1,9 @@
 """`make report`: the paper's numbers beside ours, the paper's claims checked, every figure on one page.
 
-    python -m experiments.report --profile demo
+    python -m experiments.report --profile demo     (default: paper, as every step and Make)
 
 Reads the result files that exist under artifacts/results/<profile>/ and writes
-artifacts/report/<profile>/REPRODUCTION.md and index.html. A missing file makes its row
+artifacts/report/<profile>/REPRODUCTION.md and index.html (paths: experiments/paths.py). A missing file makes its row
 "not run" with the make target that writes it; the report never fails for want of results.
 The paper's side lives in experiments/paper_numbers.json. With several seeds (--set seeds=0,1)
 it reads each seed's directory: ours = mean +- sample std (ddof=1) and n, each claim checked per seed.
@@ -621,7 +621,7 @@ def figures(spec: dict, fig_dir: Path, out_dir: Path, scope: Scope) -> list[dict
     extra = sorted(p.stem for p in fig_dir.glob("*.png") if p.stem not in caps) if fig_dir.is_dir() else []
     out = []
     for name in [*caps, *extra]:
-        png = fig_dir / f"{name}.png"
+        png = paths.path("figure", fig_dir, name=name)
         src = os.path.relpath(png, out_dir) if png.is_file() else None
         out.append({"name": name, "caption": caps.get(name, name), "src": src, "target": scope.target(name)})
     return out

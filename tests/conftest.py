@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from backdoor.data import ImageData, load_dataset
-from experiments import common, paths, profiles, sequela, standalone, transfer
+from experiments import paths, profiles, sequela, standalone, transfer
 
 # By module path: `defenses.spectral` the attribute is the defence function, not its module.
 spectral_lib = importlib.import_module("defenses.spectral")

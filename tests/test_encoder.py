@@ -21,7 +21,7 @@ from backdoor.data import ImageData
 from backdoor.models import DownstreamClassifier, ResNet18Encoder
 from backdoor.ssl import SimCLRAugment, jitter_with, nt_xent, resized_crop_flip, simclr_augment
 from backdoor.train import TrainConfig, fit
-from experiments import common, paths
+from experiments import paths
 from experiments import encoder as ex
 from experiments.common import evaluator_for
 

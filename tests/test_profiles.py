@@ -15,7 +15,7 @@ import torch
 from backdoor.models import make_model
 from backdoor.train import TrainConfig
 from defenses import DefenseContext, get_defense
-from experiments import common, paths
+from experiments import paths
 from experiments.profiles import PROFILES, get_profile, profile_from, resolve
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,7 +13,7 @@ import pytest
 
 from backdoor.data import load_dataset
 from experiments import ablations, clean, encoder, report, sequela, standalone, transfer
-from experiments import common, paths
+from experiments import paths
 from experiments.profiles import PROFILES
 
 SPEC = report.load_spec()
