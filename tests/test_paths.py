@@ -24,7 +24,7 @@ NAMES = re.compile(r"(^|/)(backdoor|poison|model|simclr|badencoder|table1)\.safe
 JOINS_ALLOWED = {("experiments/common.py", ".write-test."), ("experiments/launch.py", "gpu"),
                  ("experiments/launch.py", "out-"), ("experiments/defend.py", "cache")}
 # Make: a file composed under an artifact root, or an artifact's file name, outside comments.
-MAKE_BAD = re.compile(r"\$\((A|CK|RS|FG|TR|ENC_CK|ENC_RS)\)/|\.(json|png|txt)\b|"
+MAKE_BAD = re.compile(r"\$\((A|CK|RS|FG|TR|ENC_CK|ENC_RS)\)/(?!%=%)|\.(json|png)\b|summary\.txt|"
                       r"\b(backdoor|model|simclr|badencoder|table1)\.safetensors\b|/(mia|reinject|ablation)/")
 
 
@@ -37,9 +37,9 @@ def _text(node: ast.AST) -> str | None:
     return None
 
 
-def python_spellings(path: Path) -> list[str]:
+def python_spellings(path: Path, rel: str | None = None) -> list[str]:
     """Where a Python file spells the layout: file-name strings (docstrings aside) and `/ "literal"` joins."""
-    tree, rel = ast.parse(path.read_text()), path.relative_to(ROOT).as_posix()
+    tree, rel = ast.parse(path.read_text()), rel or path.relative_to(ROOT).as_posix()
     docs = {id(n.body[0].value) for n in ast.walk(tree)
             if isinstance(n, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and n.body
             and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
@@ -56,8 +56,8 @@ def python_spellings(path: Path) -> list[str]:
     return found
 
 
-def make_spellings(path: Path) -> list[str]:
-    rel = path.relative_to(ROOT).as_posix()
+def make_spellings(path: Path, rel: str | None = None) -> list[str]:
+    rel = rel or path.relative_to(ROOT).as_posix()
     return [f"{rel}:{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
             if not line.lstrip().startswith("#") and MAKE_BAD.search(line)]
 
@@ -70,19 +70,14 @@ def test_no_step_reader_or_make_file_spells_the_layout():
 
 
 def test_the_scan_sees_the_old_way_of_spelling_a_path(tmp_path):
-    # The scan is not vacuous: the code this replaced would fail it.
-    old = ROOT / "experiments" / "_old_layout.py"
+    # The scan is not vacuous: the code this replaced would fail it (docstrings and comments may name files).
+    old, mk = tmp_path / "old.py", tmp_path / "old.mk"
     old.write_text('def f(rs, d, a, m):\n    """rs/d/a/mia/m.json"""\n    return rs / d / a / "mia" / f"{m}.json"\n'
-                   'X = "backdoor.safetensors"\n')
-    mk = tmp_path / "old.mk"
-    try:
-        assert len(python_spellings(old)) == 3
-    finally:
-        old.unlink()
-    mk.write_text("# $(RS)/%/ft.json in a comment\n$(RS)/%/mia/backdoor.json: $(CK)/%/backdoor.safetensors\n")
-    found = [line for i, line in enumerate(mk.read_text().splitlines(), 1)
-             if not line.lstrip().startswith("#") and MAKE_BAD.search(line)]
-    assert len(found) == 1
+                   'X = run_dir("checkpoints", "p", "d", "a") / "backdoor.safetensors"\n')
+    assert {int(s.split(":")[1]) for s in python_spellings(old, "old.py")} == {3, 4}
+    mk.write_text("# $(RS)/%/ft.json in a comment\n$(RS)/%/mia/backdoor.json: $(CK)/%/backdoor.safetensors\n"
+                  "$(FG)/figure4.png: $(call defended,$(SRS))\n")
+    assert [s.split(":")[1] for s in make_spellings(mk, "old.mk")] == ["2", "3"]
 
 
 def test_paths_is_stdlib_only():
