@@ -40,7 +40,8 @@ def train_clean(args: argparse.Namespace) -> None:
                   evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
     meta = {"arch": prof.arch_record(args.dataset, data.num_classes), "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
-    write_result(paths.path("clean_result", paths.results(prof.name), dataset=args.dataset), {**meta, "history": history})
+    write_result(paths.path("clean_result", paths.results(prof.name), dataset=args.dataset),
+                 {**meta, "history": history})
     save_model(clean_path(prof, args.dataset), model, jsonable(meta))
     print(f"clean: CA {history[-1]['ca']:.3f}")
 

@@ -36,7 +36,8 @@ PRETRAIN_DATA = {"stl10": "stl10_unlabeled"}  # SimCLR/shadow images: STL10's un
 
 def enc_file(name: str, prof: Profile, **values: str) -> Path:
     """The encoder scenario's file `name` (experiments/paths.py) of the profile: a model or a results JSON."""
-    base = paths.results(prof.name) if name.endswith("_result") or name == "downstream" else paths.checkpoints(prof.name)
+    results = name.endswith("_result") or name == "downstream"
+    base = paths.results(prof.name) if results else paths.checkpoints(prof.name)
     return paths.path(name, paths.path("encoder_dir", base), **values)
 
 

@@ -241,7 +241,8 @@ def make_lines(profile: str, figures: list[str]) -> list[str]:
 def split_by_figure(lines: list[str], figures: list[str]) -> dict[str, list[Step]]:
     """Each figure's new steps. Serial make runs a goal's whole prerequisite tree before the goal's own
     plotting line (`--out .../<figure>.png`), so the steps printed since the previous figure are its new ones."""
-    files = {(paths.path("summary", ".") if f == "summary" else paths.path("figure", ".", name=f)).name: f for f in figures}
+    goal = lambda f: paths.path("summary", ".") if f == "summary" else paths.path("figure", ".", name=f)  # noqa: E731
+    files = {goal(f).name: f for f in figures}
     out: dict[str, list[Step]] = {f: [] for f in figures}
     seen: set[Step] = set()
     pending: list[Step] = []

@@ -297,7 +297,8 @@ def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
     """`who` has the lowest `field` among the defences that ran, per run."""
     todo, passed, fails = runs(scope, p["scope"], p.get("dataset")), [], []
     for run in todo:
-        vals = {d: side({"file": paths.in_run("result", defense=d), "field": p["field"]}, run, results) for d in DEFENCE_NAMES}
+        vals = {d: side({"file": paths.in_run("result", defense=d), "field": p["field"]}, run, results)
+                for d in DEFENCE_NAMES}
         vals = {d: v for d, v in vals.items() if v is not None}
         if p["who"] not in vals or len(vals) < 2:
             continue
@@ -378,7 +379,8 @@ def reinject_records(p: dict, scope: Scope, results: Results) -> list[tuple[str,
     out = []
     for a in scope.profile.attacks:
         for r in scope.ratios:
-            recs = {m: results.get(paths.relative("reinject", dataset=d, attack=a, model=m, ratio=r)) for m in ("clean", *DEFENCE_NAMES)}
+            recs = {m: results.get(paths.relative("reinject", dataset=d, attack=a, model=m, ratio=r))
+                    for m in ("clean", *DEFENCE_NAMES)}
             recs = {m: x for m, x in recs.items() if x is not None and x.get("history")}
             if recs:
                 out.append((a, r, recs))

@@ -73,7 +73,8 @@ def mia(args: argparse.Namespace) -> None:
     res = membership_inference(model, data.x_train, data.y_train, data.x_test, data.y_test, sp, prof.mia_epochs,
                                prof.seed + MIA_SEED)
     quality = evaluator_for(eval_subset(data, prof.eval_images, prof.seed), attack, device, bf16=prof.bf16)(model)
-    write_result(paths.path("mia", paths.results(prof.name), dataset=args.dataset, attack=args.attack, model=args.model),
+    write_result(paths.path("mia", paths.results(prof.name), dataset=args.dataset, attack=args.attack,
+                            model=args.model),
                  {**prof.stamp(device), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "mia_epochs": prof.mia_epochs, "features": "sorted softmax posteriors + top-1 correct flag",
                   **res, **quality, "seconds": time.perf_counter() - t0})

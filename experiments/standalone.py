@@ -45,7 +45,8 @@ def train(args: argparse.Namespace) -> None:
     model = make_model(prof.arch, data.num_classes, prof.width, args.dataset).to(device)
     ck, rs = paths.checkpoints(prof.name), paths.results(prof.name)
     at = {"dataset": args.dataset, "attack": args.attack}
-    check_writable([paths.path("backdoor", ck, **at).parent, paths.path("backdoor_result", rs, **at).parent], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
+    check_writable([paths.path("backdoor", ck, **at).parent, paths.path("backdoor_result", rs, **at).parent],
+                   _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
     history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed, arch=prof.arch,
                                      trigger_cache=paths.path("triggers"))
     seconds = sum(r["seconds"] for r in history)
