@@ -14,6 +14,10 @@ PROFILE  ?= paper
 DEVICE   ?=
 A        ?= artifacts
 export ARTIFACTS = $(A)
+# Where each artifact lives: experiments/paths.py, its one owner, read once here as Make functions p_<name>
+# ($(call p_backdoor,DIR,RUN), ...). Stdlib only, so $(PYTHON) runs it before any venv exists.
+$(foreach d,$(shell $(PYTHON) -m experiments.paths make),$(eval $(d)))
+$(if $(value p_run),,$(error $(PYTHON) -m experiments.paths make gave no layout; see the line above))
 # SET="key=value ..." overrides profile settings (typed, checked: experiments/profiles.py); every step gets
 # them as --set. Overridden, the artifacts go to <profile>+<hash of the overrides>, never the profile's own.
 SET      ?=
@@ -45,9 +49,9 @@ else
 PDIR     := $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS))
 $(if $(PDIR),,$(error SET="$(SET)" does not apply to PROFILE=$(PROFILE); see the line above))
 endif
-CK        = $(A)/checkpoints/$(PDIR)
-RS        = $(A)/results/$(PDIR)
-FG        = $(A)/figures/$(PDIR)
+CK        = $(call p_checkpoints,$(PDIR))
+RS        = $(call p_results,$(PDIR))
+FG        = $(call p_figures,$(PDIR))
 DEVFLAG   = $(if $(DEVICE),--device $(DEVICE))
 # Where steps run (experiments/launch.py; README "Running on GPUs and on Slurm"). Recipes prefix steps with $(RUN).
 #   LAUNCHER=local  in make's process; GPUS=0,1,... gives each concurrent `make -j` step its own GPU
@@ -60,12 +64,12 @@ SLURM_CPUS ?= 8
 SLURM_MEM  ?= 32G
 SLURM_TIME ?= 24:00:00
 SLURMFLAGS = --partition "$(SLURM_PARTITION)" --slurm-gpus $(SLURM_GPUS) --cpus $(SLURM_CPUS) --mem "$(SLURM_MEM)" \
-  --time $(SLURM_TIME) --log-dir $(A)/logs/$(basename $(@:$(A)/%=%))
+  --time $(SLURM_TIME) --log-dir $(p_logs)/$(basename $(@:$(A)/%=%))
 $(if $(filter-out local slurm,$(LAUNCHER)),$(error LAUNCHER=$(LAUNCHER): choose one of local slurm))
 LOCALFLAGS = $(if $(GPUS),--gpus $(GPUS))
 # --target $@: the step locks its output (lock files in $(A)/.locks), so a second `make` of the same step
 # at once waits, then skips.
-RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ --locks $(A)/.locks \
+RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ --locks $(p_locks) \
   $(if $(filter slurm,$(LAUNCHER)),$(SLURMFLAGS),$(LOCALFLAGS)) --)
 # Lists come from the profile (experiments/profiles.py) once the venv exists; override freely.
 # A failing call (an unknown PROFILE, a bad SET) yields !error; Make then stops at once with the one-line reason.
@@ -84,10 +88,11 @@ endif
 ifneq ($(filter !error,$(DATASETS) $(ATTACKS)),)
 $(error PROFILE=$(PROFILE): $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS) 2>&1 | tail -n 1 | sed 's/^[A-Za-z]*[Ee]rror: //'))
 endif
-runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(d)/$(a)))
+runs      = $(foreach d,$(DATASETS),$(foreach a,$(ATTACKS),$(call p_run,$(d),$(a))))
 # The one way a goal builds its files in a sub-make of the same profile: every list read here is passed
 # on (make/*.mk add theirs to SUBMAKE_LISTS), so the sub-make reads none again.
 SUBMAKE   = $(MAKE) --no-print-directory DATASETS="$(DATASETS)" ATTACKS="$(ATTACKS)" $(SUBMAKE_LISTS)
+# runargs: a run (p_run, a stem) back to its dataset and attack.
 runargs   = --dataset $(word 1,$(subst /, ,$(1))) --attack $(word 2,$(subst /, ,$(1)))
 
 .PHONY: all demo demo-full figure-files test test-slow bench data figure1 figure4 summary clean-demo help
@@ -118,7 +123,7 @@ DEMO_FULL   := figure1 figure4 summary table1 figure5 figure6 figure3 figure7 fi
 
 # Many figures are built by ONE sub-make over their files, so that under `make -j` a step that
 # several figures share (a backdoored model, an FT run) is built once, not once per figure.
-fig_file = $(if $(filter summary,$(1)),$(RS)/summary.txt,$(FG)/$(1).png)
+fig_file = $(if $(filter summary,$(1)),$(call p_summary,$(RS)),$(call p_figure,$(FG),$(1)))
 FIGS     ?=
 figure-files: $(foreach f,$(FIGS),$(call fig_file,$(f)))
 # CPU boxes: one thread per step and one step per core beats threads inside each small step.
@@ -126,19 +131,22 @@ DEMO_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
 demo_make = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(MAKE) --no-print-directory -j $(DEMO_JOBS) PROFILE=demo
 # The demo's artifact directory: demo, or demo+<hash> under SET= (one Python call, only when SET is given).
 demo_dir  = $(if $(strip $(SET)),$$($(PY) -m experiments.profiles demo name $(SETFLAGS)),demo)
+# The demo's directories, of that shell variable d.
+demo_rs   = $(call p_results,$$d)
+demo_fg   = $(call p_figures,$$d)
 
 all: $(STAMP)
 	@+$(MAKE) --no-print-directory PROFILE=$(PROFILE) FIGS="$(ALL_FIGURES)" figure-files
 
 demo: $(STAMP)
 	@+$(demo_make) FIGS="figure1 figure4 summary" figure-files
-	@d=$(demo_dir); cat $(A)/results/$$d/summary.txt; echo "figures: $(A)/figures/$$d/  results: $(A)/results/$$d/"; \
-	$(PY) -m experiments.report --profile demo $(SETFLAGS) --results $(A)/results/$$d --figures $(A)/figures/$$d --out $(A)/report/$$d
+	@d=$(demo_dir); cat $(call p_summary,$(demo_rs)); echo "figures: $(demo_fg)/  results: $(demo_rs)/"; \
+	$(PY) -m experiments.report --profile demo $(SETFLAGS) --results $(demo_rs) --figures $(demo_fg) --out $(call p_report,$$d)
 
 # Everything else on digits too (Table 1, Fig. 2, 3, 5-11); CPU, longer than `demo`.
 demo-full: $(STAMP)
 	@+$(demo_make) FIGS="$(DEMO_FULL)" figure-files
-	@d=$(demo_dir); echo "figures: $(A)/figures/$$d/  results: $(A)/results/$$d/"
+	@d=$(demo_dir); echo "figures: $(demo_fg)/  results: $(demo_rs)/"
 
 test: $(STAMP)
 	@$(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
@@ -153,29 +161,29 @@ bench: $(STAMP)
 	$(PY) -m experiments.bench $(DEVFLAG)
 
 # ---- standalone scenario: backdoored model -> FT / SFT --------------------------------
-$(CK)/%/backdoor.safetensors: | $(STAMP)
+$(call p_backdoor,$(CK),%): | $(STAMP)
 	$(RUN) experiments.standalone train $(PROFLAGS) $(call runargs,$*) $(DEVFLAG)
 
 define defense_rule
-$$(RS)/%/$(1).json: $$(CK)/%/backdoor.safetensors
+$$(call p_result,$$(RS),%,$(1)): $$(call p_backdoor,$$(CK),%)
 	$$(RUN) experiments.standalone defend $$(PROFLAGS) $$(call runargs,$$*) --defense $(1) $$(DEVFLAG)
 endef
 $(foreach d,ft sft,$(eval $(call defense_rule,$(d))))
 
 # ---- figures ---------------------------------------------------------------------------
 figure1: $(STAMP)
-	@+$(SUBMAKE) $(FG)/figure1.png
-$(RS)/figure1_lr.json: | $(STAMP)
+	@+$(SUBMAKE) $(call p_figure,$(FG),figure1)
+$(call p_figure1_lr,$(RS)): | $(STAMP)
 	$(RUN) experiments.lr_schedule $(PROFLAGS) --out $@
-$(FG)/figure1.png: $(RS)/figure1_lr.json
+$(call p_figure,$(FG),figure1): $(call p_figure1_lr,$(RS))
 	$(PY) -m figures.figure1 $< --out $@
 
 # Seeds (SET="seeds=0,1"): each seed's FT/SFT results are built by a sub-make under SET="<the other overrides>
 # seed=s", so they land exactly where that SET alone writes (reusable; never the profile's own); figure4, summary and
 # report then combine the seeds' results (SRS) into $(PDIR), the profile with the seeds override (SEED_DIRS: top).
-seed_dir   = $(A)/results/$(lastword $(subst :, ,$(1)))
+seed_dir   = $(call p_results,$(lastword $(subst :, ,$(1))))
 SRS        = $(if $(SEED_DIRS),$(foreach p,$(SEED_DIRS),$(call seed_dir,$(p))),$(RS))
-defended   = $(foreach d,$(1),$(foreach r,$(runs),$(d)/$(r)/ft.json $(d)/$(r)/sft.json))
+defended   = $(foreach d,$(1),$(foreach r,$(runs),$(call p_result,$(d),$(r),ft) $(call p_result,$(d),$(r),sft)))
 # The seeds' sub-makes (none without seeds), then the one that combines; `&&` stops at a failed seed.
 seeded_make = $(foreach p,$(SEED_DIRS),$(SUBMAKE) SEEDS= SET="$(strip $(filter-out seeds=%,$(SET)) \
   seed=$(firstword $(subst :, ,$(p))))" PDIR=$(lastword $(subst :, ,$(p))) $(call defended,$(call seed_dir,$(p))) &&) \
@@ -185,18 +193,18 @@ $(call defended,$(SRS)):  # made by the seeds' sub-makes (a rule here so that `m
 endif
 
 figure4: $(STAMP)
-	@+$(seeded_make) $(FG)/figure4.png
-$(FG)/figure4.png: $(call defended,$(SRS))
+	@+$(seeded_make) $(call p_figure,$(FG),figure4)
+$(call p_figure,$(FG),figure4): $(call defended,$(SRS))
 	$(PY) -m figures.figure4 --results $(SRS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 summary: $(STAMP)
-	@+$(seeded_make) $(RS)/summary.txt
-	@cat $(RS)/summary.txt
-$(RS)/summary.txt: $(call defended,$(SRS))
+	@+$(seeded_make) $(call p_summary,$(RS))
+	@cat $(call p_summary,$(RS))
+$(call p_summary,$(RS)): $(call defended,$(SRS))
 	$(PY) -m experiments.summary $(PROFLAGS) --results $(SRS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
 clean-demo:
-	rm -rf $(A)/checkpoints/demo $(A)/results/demo $(A)/figures/demo
+	rm -rf $(call p_checkpoints,demo) $(call p_results,demo) $(call p_figures,demo)
 
 # Later issues add their targets in make/*.mk.
 -include make/*.mk

@@ -16,7 +16,8 @@ from dataclasses import replace
 import torch
 
 from defenses import DefenseContext, SFTConfig, get_defense
-from experiments.common import evaluator_for, load_backdoored, load_data, resolve_device, run_dir, run_main, setup, \
+from experiments import paths
+from experiments.common import evaluator_for, load_backdoored, load_data, resolve_device, run_main, setup, \
     write_result
 from experiments.profiles import Profile, add_profile_args, profile_from
 from experiments.sweeps import AblationPoint, SweepConfig, parse_point, point_epochs
@@ -43,7 +44,7 @@ def point_sft(point: AblationPoint, prof: Profile, sw: SweepConfig, n_full: int)
 def run_point(prof: Profile, sw: SweepConfig, dataset: str, attack_name: str, point: AblationPoint,
               device: torch.device) -> dict:
     """Fine-tune the standalone backdoored model once as `point` says; return the results record."""
-    ckpt = run_dir("checkpoints", prof.name, dataset, attack_name) / "backdoor.safetensors"
+    ckpt = paths.path("backdoor", paths.checkpoints(prof.name), dataset=dataset, attack=attack_name)
     model, attack, _ = load_backdoored(ckpt, device)
     data = load_data(dataset, prof)
     idx = subset_indices(len(data.x_train), point.fraction, sw.subset_seed)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         prof, device = profile_from(a), resolve_device(a.device)
         sw = prof.sweeps
         for point in [parse_point(p) for p in a.points]:
-            out = run_dir("results", prof.name, a.dataset, a.attack) / "ablation" / f"{point.name}.json"
+            out = paths.path("ablation", paths.results(prof.name), dataset=a.dataset, attack=a.attack, point=point.name)
             if not out.exists():
                 write_result(out, run_point(prof, sw, a.dataset, a.attack, point, device))
 

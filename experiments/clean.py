@@ -17,13 +17,14 @@ from backdoor.checkpoint import save_model
 from backdoor.metrics import accuracy
 from backdoor.models import make_model
 from backdoor.train import fit
-from experiments.common import jsonable, load_data, load_model, resolve_device, run_dir, run_main, setup, write_result
+from experiments import paths
+from experiments.common import jsonable, load_data, load_model, resolve_device, run_main, setup, write_result
 from experiments.profiles import Profile, add_profile_args, profile_from
 
 
 def clean_path(prof: Profile, dataset: str) -> Path:
     """The model trained without poison, beside the backdoored ones."""
-    return run_dir("checkpoints", prof.name, dataset, "clean") / "model.safetensors"
+    return paths.path("clean_model", paths.checkpoints(prof.name), dataset=dataset)
 
 
 def train_clean(args: argparse.Namespace) -> None:
@@ -39,7 +40,8 @@ def train_clean(args: argparse.Namespace) -> None:
                   evaluate=lambda m: {"ca": accuracy(m, x_test, data.y_test, bf16=cfg.bf16)})
     meta = {"arch": prof.arch_record(args.dataset, data.num_classes), "attack": None, **prof.stamp(device), "train": cfg, "seed": prof.seed,
             "final": history[-1], "device_hours": sum(r["seconds"] for r in history) / 3600}
-    write_result(run_dir("results", prof.name, args.dataset, "clean") / "model.json", {**meta, "history": history})
+    write_result(paths.path("clean_result", paths.results(prof.name), dataset=args.dataset),
+                 {**meta, "history": history})
     save_model(clean_path(prof, args.dataset), model, jsonable(meta))
     print(f"clean: CA {history[-1]['ca']:.3f}")
 

@@ -1,4 +1,4 @@
-"""Paths, run set-up and result writing shared by the experiment scripts."""
+"""Run set-up and result writing shared by the experiment scripts (where files go: experiments/paths.py)."""
 from __future__ import annotations
 
 import argparse
@@ -28,19 +28,8 @@ from backdoor.train import default_device
 if TYPE_CHECKING:  # experiments.profiles imports this module
     from experiments.profiles import Profile
 
-ARTIFACTS = Path(os.environ.get("ARTIFACTS", "artifacts"))
 # The one exit status of a user error (bad name, number, file or device), as argparse uses for bad arguments.
 USER_ERROR = 2
-
-
-def run_dir(kind: str, profile: str, dataset: str, attack: str) -> Path:
-    """artifacts/<kind>/<profile>/<dataset>/<attack>, kind in checkpoints|results."""
-    return ARTIFACTS / kind / profile / dataset / attack
-
-
-def trigger_cache_dir() -> Path:
-    """artifacts/triggers: built triggers (LF's) shared by every profile's runs with the same settings."""
-    return ARTIFACTS / "triggers"
 
 
 def setup(argv_desc: str, config: dict[str, Any]) -> None:

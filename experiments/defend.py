@@ -30,7 +30,8 @@ from backdoor.models import DATASET_STATS, DEFAULT_ARCH, model_names
 from backdoor.train import precision_used
 from defenses import DefenseContext, get_defense
 from defenses.common import clean_subset
-from experiments.common import ARTIFACTS, evaluator_for, jsonable, resolve_device, run_main, setup, write_result
+from experiments import paths
+from experiments.common import evaluator_for, jsonable, resolve_device, run_main, setup, write_result
 from experiments.profiles import add_profile_args, resolve
 
 # Attacks whose trigger is fully given by their parameters; the others (WaNet's random warp, LF's
@@ -175,7 +176,7 @@ def check_args(args: argparse.Namespace) -> Path:
         raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.trigger_folder and args.trigger:
         raise ValueError("name a trigger with --trigger or give --trigger-folder, not both")
-    out = Path(args.out) if args.out else ARTIFACTS / "defend" / Path(args.model).stem
+    out = Path(args.out) if args.out else paths.path("defend", stem=Path(args.model).stem)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
     return out
@@ -221,10 +222,10 @@ def defend(args: argparse.Namespace) -> None:
     result = defense(replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y))
     report = summarise(args, mf, arch, norm, cfg, result, len(x), device, out)
     dataset = data.name if classes is None else None
-    save_model(out / f"{args.defense}.safetensors", result.model,
+    save_model(paths.path("defend_model", out, defense=args.defense), result.model,
                jsonable({**{k: v for k, v in report.items() if k != "history"},
                          "arch": arch_of(result.model, arch, data.num_classes, dataset)}))
-    write_result(out / f"{args.defense}.report.json", report)
+    write_result(paths.path("defend_report", out, defense=args.defense), report)
     print_report(report)
 
 
@@ -242,7 +243,7 @@ def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, c
             "trigger": trigger, "target": args.target if trigger else None,
             "before": {k: before[k] for k in keep if k in before},
             "after": {k: after[k] for k in keep if k in after}, "device_seconds": hours * 3600,
-            "device": str(device), "out": str(out / f"{args.defense}.safetensors"),
+            "device": str(device), "out": str(paths.path("defend_model", out, defense=args.defense)),
             "info": {k: v for k, v in result.info.items() if k not in keep and k != "device_hours"},
             "history": result.history}
 
@@ -255,7 +256,7 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"before:  {line(r['before'])}")
     print(f"after:   {line(r['after'])}   ({r['defense']}, {r['clean_images']} clean images)")
     print(f"device time {r['device_seconds']:.1f} s on {r['device']}; wrote {r['out']} and "
-          f"{Path(r['out']).with_suffix('.report.json')}")
+          f"{paths.path('defend_report', Path(r['out']).parent, defense=r['defense'])}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -24,7 +24,7 @@ from backdoor.models import ENCODER_STATS, DownstreamClassifier, SimCLRModel
 from backdoor.poison import poisoned_test_set
 from backdoor.ssl import encode, knn_accuracy, pretrain_simclr
 from backdoor.train import fit
-from experiments import common
+from experiments import paths
 from experiments.common import evaluator_for, jsonable, load_data, resolve_device, run_main, setup, write_result
 from experiments.profiles import Profile, add_profile_args, profile_from
 
@@ -34,10 +34,11 @@ MODES = ("classifier", "whole", "clean")
 TARGETS = {"cifar10": 0, "stl10": 9, "svhn": 1, "gtsrb": 12, "digits": 0}
 PRETRAIN_DATA = {"stl10": "stl10_unlabeled"}  # SimCLR/shadow images: STL10's unlabelled split
 
-def enc_dir(kind: str, prof: Profile, pretrain: str, downstream: str | None = None) -> Path:
-    """artifacts/<kind>/<profile>/encoder/<pretrain>[/<downstream>]."""
-    d = common.ARTIFACTS / kind / prof.name / "encoder" / pretrain
-    return d / downstream if downstream else d
+def enc_file(name: str, prof: Profile, **values: str) -> Path:
+    """The encoder scenario's file `name` (experiments/paths.py) of the profile: a model or a results JSON."""
+    results = name.endswith("_result") or name == "downstream"
+    base = paths.results(prof.name) if results else paths.checkpoints(prof.name)
+    return paths.path(name, paths.path("encoder_dir", base), **values)
 
 
 def _arch(prof: Profile, pretrain: str) -> dict:
@@ -78,8 +79,8 @@ def pretrain(args: argparse.Namespace) -> None:
     meta = {"arch": _arch(prof, args.pretrain), **prof.stamp(device), "simclr": cfg, "images": len(images),
             "temperature": enc.temperature, "knn_before": knn_before, "knn": _knn(model, labelled, cfg.bf16),
             "train_seconds": seconds, "device": str(device)}
-    write_result(enc_dir("results", prof, args.pretrain) / "simclr.json", {**meta, "history": history})
-    save_model(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", model, jsonable(meta))
+    write_result(enc_file("simclr_result", prof, pretrain=args.pretrain), {**meta, "history": history})
+    save_model(enc_file("simclr", prof, pretrain=args.pretrain), model, jsonable(meta))
     print(f"simclr: kNN {meta['knn_before']:.3f} -> {meta['knn']:.3f}  ({seconds:.0f} s training)")
 
 
@@ -122,7 +123,7 @@ def alignment(encoder: torch.nn.Module, data: ImageData, attack: BadEncoder, bf1
 def badencoder(args: argparse.Namespace) -> None:
     """Backdoor the clean encoder for one downstream task (its target class and reference image)."""
     prof, device = profile_from(args), resolve_device(args.device)
-    model, clean_meta, _ = load_encoder(enc_dir("checkpoints", prof, args.pretrain) / "simclr.safetensors", device)
+    model, clean_meta, _ = load_encoder(enc_file("simclr", prof, pretrain=args.pretrain), device)
     down = load_data(args.downstream, prof)
     target = TARGETS.get(args.downstream, 0)
     ref_idx = pick_reference(down, target, prof.seed)
@@ -143,9 +144,9 @@ def badencoder(args: argparse.Namespace) -> None:
             "badencoder": cfg, "lambda1": enc.lambda1, "lambda2": enc.lambda2, "shadow": len(shadow),
             "final": history[-1], "alignment_before": before, "alignment": after, "train_seconds": seconds,
             "device": str(device)}
-    write_result(enc_dir("results", prof, args.pretrain, args.downstream) / "badencoder.json",
+    write_result(enc_file("badencoder_result", prof, pretrain=args.pretrain, downstream=args.downstream),
                  {**meta, "history": history})
-    save_model(enc_dir("checkpoints", prof, args.pretrain, args.downstream) / "badencoder.safetensors", model,
+    save_model(enc_file("badencoder", prof, pretrain=args.pretrain, downstream=args.downstream), model,
                jsonable(meta), attack)
     f = history[-1]
     print(f"badencoder: L0 {f['l0']:.3f}  L1 {f['l1']:.3f}  L2 {f['l2']:.3f}  ({seconds:.0f} s training); "
@@ -155,7 +156,7 @@ def badencoder(args: argparse.Namespace) -> None:
 
 def downstream_attack(prof: Profile, pretrain: str, down: str, device: torch.device) -> tuple[BadEncoder, dict]:
     """The BadEncoder attack (trigger, target) stored with the backdoored encoder."""
-    tensors, meta = load_checkpoint(enc_dir("checkpoints", prof, pretrain, down) / "badencoder.safetensors")
+    tensors, meta = load_checkpoint(enc_file("badencoder", prof, pretrain=pretrain, downstream=down))
     attack = BadEncoder(**meta["attack"]["params"])
     load_state_into(attack, split(tensors, "attack"), what="attack")
     return attack.to(device), meta
@@ -166,11 +167,11 @@ def downstream(args: argparse.Namespace) -> None:
     prof, device = profile_from(args), resolve_device(args.device)
     attack, bd_meta = downstream_attack(prof, args.pretrain, args.downstream, device)
     name = "simclr" if args.mode == "clean" else "badencoder"
-    ckpt = enc_dir("checkpoints", prof, args.pretrain, None if args.mode == "clean" else args.downstream)
-    encoder_model, _, _ = load_encoder(ckpt / f"{name}.safetensors", device)
+    ckpt = enc_file(name, prof, pretrain=args.pretrain, downstream=args.downstream)  # simclr takes no downstream
+    encoder_model, _, _ = load_encoder(ckpt, device)
     cfg = prof.encoder_config("downstream")
     setup(f"downstream {args.pretrain} -> {args.downstream}, mode {args.mode} ({prof.name})",
-          {"downstream": cfg, "encoder": ckpt / f"{name}.safetensors", "target": attack.target, "device": device})
+          {"downstream": cfg, "encoder": ckpt, "target": attack.target, "device": device})
     data = without_reference(load_data(args.downstream, prof), bd_meta["reference"])  # the attacker's image stays out
     torch.manual_seed(prof.seed)
     model = DownstreamClassifier(encoder_model.f, data.num_classes, freeze_encoder=args.mode != "whole").to(device)
@@ -183,7 +184,7 @@ def downstream(args: argparse.Namespace) -> None:
             "first_epoch_seconds": history[1]["seconds"] if len(history) > 1 else None,
             "first_epoch_device_hours": history[1]["seconds"] / 3600 if len(history) > 1 else None,
             "train_seconds": seconds, "final": history[-1], "device": str(device)}
-    write_result(enc_dir("results", prof, args.pretrain, args.downstream) / f"{args.mode}.json",
+    write_result(enc_file("downstream", prof, pretrain=args.pretrain, downstream=args.downstream, mode=args.mode),
                  {**info, "history": history})
     h1 = history[min(1, len(history) - 1)]
     print(f"{args.mode}: epoch 1 CA {h1['ca']:.3f} ASR {h1['asr']:.3f} ({h1['seconds']:.1f} s); "

@@ -19,6 +19,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Optional
 
+from experiments import paths
+
 FWD = 1 / 3  # a forward-only pass, in training image-passes
 ALL_FIGURES_VAR = "ALL_FIGURES"  # the Makefile's list of what `make all` builds
 
@@ -239,7 +241,8 @@ def make_lines(profile: str, figures: list[str]) -> list[str]:
 def split_by_figure(lines: list[str], figures: list[str]) -> dict[str, list[Step]]:
     """Each figure's new steps. Serial make runs a goal's whole prerequisite tree before the goal's own
     plotting line (`--out .../<figure>.png`), so the steps printed since the previous figure are its new ones."""
-    files = {("summary.txt" if f == "summary" else f"{f}.png"): f for f in figures}
+    goal = lambda f: paths.path("summary", ".") if f == "summary" else paths.path("figure", ".", name=f)  # noqa: E731
+    files = {goal(f).name: f for f in figures}
     out: dict[str, list[Step]] = {f: [] for f in figures}
     seen: set[Step] = set()
     pending: list[Step] = []

@@ -33,7 +33,7 @@ from backdoor.checkpoint import atomic_write_json
 from backdoor.models import DEFAULT_ARCH
 from backdoor.train import TrainConfig, precision_used
 from defenses import ABLConfig, ACConfig, Budget, FPConfig, NADConfig, NCConfig, SFTConfig, SpectralConfig
-from experiments import common
+from experiments import paths
 from experiments.common import jsonable
 from experiments.sweeps import SweepConfig, make_fields
 
@@ -433,8 +433,8 @@ def profile_from(args: argparse.Namespace, several_seeds: bool = False) -> Profi
         raise ValueError(f"--set seeds={','.join(map(str, prof.seeds))}: this step runs one seed; `make figure4`, "
                          "`summary` and `report` run each seed (one seed alone: --set seed=S)")
     if prof.overrides:
-        for kind in ("checkpoints", "results"):
-            atomic_write_json(common.ARTIFACTS / kind / prof.name / "overrides.json",
+        for d in (paths.checkpoints(prof.name), paths.results(prof.name)):
+            atomic_write_json(paths.path("overrides", d),
                               {"base": args.profile, "set": dict(prof.overrides)})
     return prof
 

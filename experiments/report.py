@@ -1,9 +1,9 @@
 """`make report`: the paper's numbers beside ours, the paper's claims checked, every figure on one page.
 
-    python -m experiments.report --profile demo
+    python -m experiments.report --profile demo     (default: paper, as every step and Make)
 
 Reads the result files that exist under artifacts/results/<profile>/ and writes
-artifacts/report/<profile>/REPRODUCTION.md and index.html. A missing file makes its row
+artifacts/report/<profile>/REPRODUCTION.md and index.html (paths: experiments/paths.py). A missing file makes its row
 "not run" with the make target that writes it; the report never fails for want of results.
 The paper's side lives in experiments/paper_numbers.json. With several seeds (--set seeds=0,1)
 it reads each seed's directory: ours = mean +- sample std (ddof=1) and n, each claim checked per seed.
@@ -27,20 +27,23 @@ from typing import Any, Callable, Optional
 
 from backdoor.checkpoint import atomic_write_bytes
 from defenses import DEFENSES
-from experiments.common import ARTIFACTS, run_main
+from experiments import paths
+from experiments.common import run_main
 from experiments.profiles import Profile, add_profile_args, resolve as resolve_profile, seed_runs
 from experiments.summary import spread
 from experiments.sweeps import SweepConfig, figure_points, read_point
 
 SPEC = Path(__file__).with_name("paper_numbers.json")
-# Where each writer puts its file, relative to artifacts/results/<profile>/ (the writers' own layout).
+_F = {f: "{" + f + "}" for f in ("dataset", "attack", "defense", "model", "ratio", "pretrain", "mode", "point")}
+# Where each writer puts its file, relative to a profile's results directory: format strings over
+# paper_numbers.json's setting names, from experiments/paths.py (the layout's owner).
 LAYOUTS = {
-    "standalone": "{dataset}/{attack}/{defense}.json",  # experiments/standalone.py defend
-    "mia": "{dataset}/{attack}/mia/{model}.json",  # experiments/sequela.py mia
-    "reinject": "{dataset}/{attack}/reinject/{model}/{ratio}.json",  # experiments/sequela.py reinject
-    "transfer": "transfer/{dataset}/{attack}/{defense}.json",  # experiments/transfer.py run
-    "encoder": "encoder/{pretrain}/{dataset}/{mode}.json",  # experiments/encoder.py downstream
-    "ablation": "{dataset}/{attack}/ablation/{point}.json",  # experiments/ablations.py
+    "standalone": paths.relative("result", **_F),
+    "mia": paths.relative("mia", **_F),
+    "reinject": paths.relative("reinject", **_F),
+    "transfer": paths.relative("transfer", "transfer_dir", downstream=_F["dataset"], **_F),
+    "encoder": paths.relative("downstream", "encoder_dir", downstream=_F["dataset"], **_F),
+    "ablation": paths.relative("ablation", **_F),
 }
 # Absolute tolerance per metric; GPU-hours compare as a ratio (the paper's DGX-A100 is not our device).
 TOLERANCE = {"CA": 0.05, "ASR": 0.05, "MIA accuracy": 0.05, "epochs": 1}
@@ -247,12 +250,20 @@ def runs(scope: Scope, kind: str, dataset: Optional[str] = None, attacks: Option
     p = scope.profile
     att = [a for a in p.attacks if attacks is None or a in attacks]
     if kind == "encoder":
-        return [{"dir": f"encoder/{pre}/{down}", "name": f"{pre}->{down}"} for pre, down in scope.enc_pairs]
+        return [{"dir": _parent("downstream", "encoder_dir", pretrain=pre, downstream=down), "name": f"{pre}->{down}"}
+                for pre, down in scope.enc_pairs]
     if kind == "transfer":
         down = scope.sweeps.downstream if scope.sweeps else ()
-        return [{"dir": f"transfer/{d}/{a}", "name": f"{d}/{a}", "attack": a} for d in down for a in att]
+        return [{"dir": _parent("transfer", "transfer_dir", downstream=d, attack=a), "name": f"{d}/{a}", "attack": a}
+                for d in down for a in att]
     ds = [scope.fig_dataset(dataset)] if dataset else list(p.datasets)
-    return [{"dir": f"{d}/{a}", "name": f"{d}/{a}", "attack": a, "dataset": d} for d in ds for a in att]
+    return [{"dir": paths.run(d, a), "name": f"{d}/{a}", "attack": a, "dataset": d} for d in ds for a in att]
+
+
+def _parent(name: str, within: str, **values: str) -> str:
+    """The directory of template `name`'s files for `values` (its last field left out), relative to results."""
+    last = paths.fields(name)[-1]
+    return str(Path(paths.relative(name, within, **values, **{last: "_"})).parent)
 
 
 def side(spec: dict, run: dict, results: Results) -> Optional[float]:
@@ -286,7 +297,8 @@ def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
     """`who` has the lowest `field` among the defences that ran, per run."""
     todo, passed, fails = runs(scope, p["scope"], p.get("dataset")), [], []
     for run in todo:
-        vals = {d: side({"file": f"{d}.json", "field": p["field"]}, run, results) for d in DEFENCE_NAMES}
+        vals = {d: side({"file": paths.in_run("result", defense=d), "field": p["field"]}, run, results)
+                for d in DEFENCE_NAMES}
         vals = {d: v for d, v in vals.items() if v is not None}
         if p["who"] not in vals or len(vals) < 2:
             continue
@@ -305,7 +317,7 @@ def check_cost(p: dict, scope: Scope, results: Results) -> Outcome:
     hours: dict[str, list[float]] = {}
     for run in runs(scope, "standalone"):
         for d in DEFENCE_NAMES:
-            v = side({"file": f"{d}.json", "field": "device_hours"}, run, results)
+            v = side({"file": paths.in_run("result", defense=d), "field": "device_hours"}, run, results)
             if v is not None:
                 hours.setdefault(d, []).append(v)
     med = {d: statistics.median(v) for d, v in hours.items()}
@@ -367,7 +379,8 @@ def reinject_records(p: dict, scope: Scope, results: Results) -> list[tuple[str,
     out = []
     for a in scope.profile.attacks:
         for r in scope.ratios:
-            recs = {m: results.get(f"{d}/{a}/reinject/{m}/{r}.json") for m in ("clean", *DEFENCE_NAMES)}
+            recs = {m: results.get(paths.relative("reinject", dataset=d, attack=a, model=m, ratio=r))
+                    for m in ("clean", *DEFENCE_NAMES)}
             recs = {m: x for m, x in recs.items() if x is not None and x.get("history")}
             if recs:
                 out.append((a, r, recs))
@@ -610,7 +623,7 @@ def figures(spec: dict, fig_dir: Path, out_dir: Path, scope: Scope) -> list[dict
     extra = sorted(p.stem for p in fig_dir.glob("*.png") if p.stem not in caps) if fig_dir.is_dir() else []
     out = []
     for name in [*caps, *extra]:
-        png = fig_dir / f"{name}.png"
+        png = paths.path("figure", fig_dir, name=name)
         src = os.path.relpath(png, out_dir) if png.is_file() else None
         out.append({"name": name, "caption": caps.get(name, name), "src": src, "target": scope.target(name)})
     return out
@@ -629,8 +642,8 @@ def build(profile: str, results_dir: Path | list[Path], fig_dir: Path, out_dir: 
            "claims": [claim_row(c, scope, results) for c in spec["claims"]],
            "figures": figures(spec, fig_dir, out_dir, scope)}
     rep["provenance"] = provenance(scope, results)
-    atomic_write_bytes(out_dir / "REPRODUCTION.md", markdown(rep).encode())
-    atomic_write_bytes(out_dir / "index.html", html_page(rep).encode())
+    atomic_write_bytes(paths.path("report_md", out_dir), markdown(rep).encode())
+    atomic_write_bytes(paths.path("report_html", out_dir), html_page(rep).encode())
     return rep
 
 
@@ -643,7 +656,6 @@ def claims_text(rows: list[dict]) -> str:
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_profile_args(ap)
-    ap.set_defaults(profile="demo")
     ap.add_argument("--results", nargs="+", help="default: artifacts/results/<profile> (one per seed with seeds=)")
     ap.add_argument("--figures", help="default: artifacts/figures/<profile>")
     ap.add_argument("--out", help="default: artifacts/report/<profile>")
@@ -651,13 +663,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     def step(a: argparse.Namespace) -> None:
         name = resolve_profile(a.profile, a.set).name  # demo, or demo+<hash> under --set
-        res = [Path(r) for r in a.results or [ARTIFACTS / "results" / d for _, d in seed_runs(a.profile, a.set)]]
-        figs = Path(a.figures or ARTIFACTS / "figures" / name)
-        out = Path(a.out or ARTIFACTS / "report" / name)
+        res = [Path(r) for r in a.results or [paths.results(d) for _, d in seed_runs(a.profile, a.set)]]
+        figs = Path(a.figures or paths.figures(name))
+        out = Path(a.out or paths.report(name))
         rep = build(a.profile, res, figs, out, sets=tuple(a.set))
         print(f"claims ({counts(rep['claims'], CLAIM_VERDICTS)}):\n{claims_text(rep['claims'])}")
         print(f"numbers: {counts(rep['numbers'], NUMBER_VERDICTS)}")
-        print(f"report: {out / 'index.html'}  (and REPRODUCTION.md)")
+        print(f"report: {paths.path('report_html', out)}  (and {paths.path('report_md', out).name})")
 
     run_main(step, args)
 

@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
 import torch.nn as nn
 
 from backdoor.attacks import Attack
 from defenses import DEFENSES
+from experiments import paths
 from experiments.clean import load_clean
-from experiments.common import (eval_subset, evaluator_for, load_backdoored, load_data, resolve_device, run_dir, run_main,
+from experiments.common import (eval_subset, evaluator_for, load_backdoored, load_data, resolve_device, run_main,
                                 setup, write_result)
 from experiments.profiles import Profile, add_profile_args, profile_from
 from experiments.standalone import load_poisoned_set
@@ -45,25 +47,34 @@ def parse_ratio(text: str) -> float:
     return r
 
 
+def checkpoint_of(ck: Path, dataset: str, attack: str, model: str) -> Path:
+    """The checkpoint of `model`: the backdoored one or a defence's (both written by experiments.standalone)."""
+    if model == "backdoor":
+        return paths.path("backdoor", ck, dataset=dataset, attack=attack)
+    return paths.path("defended", ck, dataset=dataset, attack=attack, defense=model)
+
+
 def mia(args: argparse.Namespace) -> None:
     """Membership inference against the backdoored model or one defended model."""
     check_model(args.model, ("backdoor",))
     prof, device = profile_from(args), resolve_device(args.device)
-    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
+    ck = paths.checkpoints(prof.name)
+    model_file = checkpoint_of(ck, args.dataset, args.attack, args.model)
     setup(f"mia {args.dataset}/{args.attack}/{args.model} ({prof.name})",
-          {"mia_epochs": prof.mia_epochs, "checkpoint": ck / f"{args.model}.safetensors", "device": device})
-    model, attack, _ = load_backdoored(ck / f"{args.model}.safetensors", device)
+          {"mia_epochs": prof.mia_epochs, "checkpoint": model_file, "device": device})
+    model, attack, _ = load_backdoored(model_file, device)
     # The whole test split: MIA's non-members are half of it per side (not an evaluation of CA/ASR);
     # only the model-quality CA/ASR below uses the profile's evaluation subset.
     data = load_data(args.dataset)
-    _, _, poison_idx = load_poisoned_set(ck / "poison.safetensors", data)
+    _, _, poison_idx = load_poisoned_set(paths.path("poison", ck, dataset=args.dataset, attack=args.attack), data)
     # Members are drawn from the unpoisoned training images: each is in every model's training set as is.
     sp = mia_split(len(data.x_train), len(data.x_test), prof.seed + MIA_SEED, exclude=poison_idx)
     t0 = time.perf_counter()
     res = membership_inference(model, data.x_train, data.y_train, data.x_test, data.y_test, sp, prof.mia_epochs,
                                prof.seed + MIA_SEED)
     quality = evaluator_for(eval_subset(data, prof.eval_images, prof.seed), attack, device, bf16=prof.bf16)(model)
-    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "mia" / f"{args.model}.json",
+    write_result(paths.path("mia", paths.results(prof.name), dataset=args.dataset, attack=args.attack,
+                            model=args.model),
                  {**prof.stamp(device), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "mia_epochs": prof.mia_epochs, "features": "sorted softmax posteriors + top-1 correct flag",
                   **res, **quality, "seconds": time.perf_counter() - t0})
@@ -74,11 +85,11 @@ def mia(args: argparse.Namespace) -> None:
 def load_start(prof: Profile, dataset: str, attack_name: str, model_name: str,
                device: torch.device) -> tuple[nn.Module, Attack]:
     """(model to re-inject into, the original attack) for `clean` or a defended checkpoint."""
-    ck = run_dir("checkpoints", prof.name, dataset, attack_name)
+    ck = paths.checkpoints(prof.name)
     if model_name != "clean":
-        model, attack, _ = load_backdoored(ck / f"{model_name}.safetensors", device)
+        model, attack, _ = load_backdoored(checkpoint_of(ck, dataset, attack_name, model_name), device)
         return model, attack
-    _, attack, _ = load_backdoored(ck / "backdoor.safetensors", device)
+    _, attack, _ = load_backdoored(paths.path("backdoor", ck, dataset=dataset, attack=attack_name), device)
     return load_clean(prof, dataset, device), attack
 
 
@@ -94,8 +105,8 @@ def reinject_step(args: argparse.Namespace) -> None:
     data = load_data(args.dataset, prof)
     rec = reinject(model, attack, data, cfg, prof.reinject_epochs, ratio, prof.seed + REINJECT_SEED)
     first = epochs_to(rec["history"]) if rec["history"] else None
-    write_result(run_dir("results", prof.name, args.dataset, args.attack) / "reinject" / args.model
-                 / f"{args.ratio}.json",
+    write_result(paths.path("reinject", paths.results(prof.name), dataset=args.dataset, attack=args.attack,
+                            model=args.model, ratio=args.ratio),
                  {**prof.stamp(device), "dataset": args.dataset, "attack": args.attack, "model": args.model,
                   "train": cfg, "epochs_to_asr_0.8": first, **rec})
     if rec["history"]:

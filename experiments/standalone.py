@@ -20,8 +20,9 @@ from backdoor.models import make_model
 from backdoor.train import precision_used
 from backdoor.attacks.training import train_backdoored
 from defenses import DefenseContext, get_defense
+from experiments import paths
 from experiments.common import (check_writable, evaluator_for, jsonable, load_backdoored, load_data, resolve_device,
-                                run_dir, run_main, setup, trigger_cache_dir, write_result)
+                                run_main, setup, write_result)
 from experiments.profiles import add_profile_args, profile_from
 
 
@@ -42,20 +43,21 @@ def train(args: argparse.Namespace) -> None:
     data = load_data(args.dataset, prof)
     torch.manual_seed(prof.seed)
     model = make_model(prof.arch, data.num_classes, prof.width, args.dataset).to(device)
-    ck = run_dir("checkpoints", prof.name, args.dataset, args.attack)
-    rs = run_dir("results", prof.name, args.dataset, args.attack)
-    check_writable([ck, rs], _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
+    ck, rs = paths.checkpoints(prof.name), paths.results(prof.name)
+    at = {"dataset": args.dataset, "attack": args.attack}
+    check_writable([paths.path("backdoor", ck, **at).parent, paths.path("backdoor_result", rs, **at).parent],
+                   _state_bytes(model) + _state_bytes(attack) + data.x_train.nbytes)
     history, info = train_backdoored(attack, model, data, cfg, prof.poison_ratio, prof.seed, arch=prof.arch,
-                                     trigger_cache=trigger_cache_dir())
+                                     trigger_cache=paths.path("triggers"))
     seconds = sum(r["seconds"] for r in history)
     meta = {"arch": prof.arch_record(args.dataset, data.num_classes),
             "attack": {"name": args.attack, "params": attack.params()}, "trigger": trigger_record(attack),
             **prof.stamp(device), "train": cfg,
             "poison_ratio": prof.poison_ratio, "num_poisoned": info["num_poisoned"], "seed": prof.seed,
             "final": history[-1], "device_hours": seconds / 3600}
-    save_poisoned_set(ck / "poison.safetensors", data, info)
-    write_result(rs / "backdoor.json", {**meta, "history": history})
-    save_model(ck / "backdoor.safetensors", model, jsonable(meta), attack)
+    save_poisoned_set(paths.path("poison", ck, **at), data, info)
+    write_result(paths.path("backdoor_result", rs, **at), {**meta, "history": history})
+    save_model(paths.path("backdoor", ck, **at), model, jsonable(meta), attack)
     print(f"backdoored: CA {history[-1]['ca']:.3f}  ASR {history[-1]['asr']:.3f}  ({seconds:.0f} s training)")
 
 
@@ -66,19 +68,20 @@ def defend(args: argparse.Namespace) -> None:
         raise ValueError("--key-image and --lf-pattern are for `train` only; `defend` uses the trigger stored in "
                          "the checkpoint")
     defense = get_defense(args.defense)
-    ckpt = run_dir("checkpoints", prof.name, args.dataset, args.attack) / "backdoor.safetensors"
+    at = {"dataset": args.dataset, "attack": args.attack}
+    ckpt = paths.path("backdoor", paths.checkpoints(prof.name), **at)
     model, attack, meta = load_backdoored(ckpt, device)
     cfg = prof.finetune_config(args.dataset)
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
           {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device,
            "precision": precision_used(device, cfg.bf16)})
     data = load_data(args.dataset, prof)
-    x_train, y_train, poison_idx = load_poisoned_set(ckpt.with_name("poison.safetensors"), data)
+    x_train, y_train, poison_idx = load_poisoned_set(paths.path("poison", paths.checkpoints(prof.name), **at), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=evaluator_for(data, attack, device, bf16=cfg.bf16), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes, target_label=attack.target,
                          params=prof.defense_params())
-    check_writable([ckpt.parent, run_dir("results", prof.name, args.dataset, args.attack)],
+    check_writable([ckpt.parent, paths.path("result", paths.results(prof.name), defense=args.defense, **at).parent],
                    _state_bytes(model) + _state_bytes(attack))
     result = defense(ctx)
     final = result.history[-1]
@@ -88,9 +91,9 @@ def defend(args: argparse.Namespace) -> None:
             "finetune": cfg, "sft": prof.sft if args.defense == "sft" else None, "final": final,
             "before": result.history[0], "train_seconds": sum(r["seconds"] for r in result.history),
             "device": str(device), **result.info}
-    save_model(run_dir("checkpoints", prof.name, args.dataset, args.attack) / f"{args.defense}.safetensors",
+    save_model(paths.path("defended", paths.checkpoints(prof.name), defense=args.defense, **at),
                result.model, jsonable({**info, "arch": meta["arch"], "attack": meta["attack"]}), attack)
-    write_result(run_dir("results", prof.name, args.dataset, args.attack) / f"{args.defense}.json",
+    write_result(paths.path("result", paths.results(prof.name), defense=args.defense, **at),
                  {**info, "history": result.history})
     print(f"{args.defense}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  "
           f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; "

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Mapping, Optional, Sequence
 
 from backdoor.checkpoint import atomic_write_bytes
+from experiments import paths
 from experiments.common import read_json, run_main
 from experiments.profiles import add_profile_args, profile_from
 
@@ -55,7 +56,8 @@ def table(results: str | Path | Sequence[str | Path], datasets: list[str], attac
                        + ", ".join(d.name for d in dirs))
     for d in datasets:
         for a in attacks:
-            runs = [(read_json(r / d / a / "ft.json"), read_json(r / d / a / "sft.json")) for r in dirs]
+            runs = [tuple(read_json(paths.path("result", r, dataset=d, attack=a, defense=f)) for f in ("ft", "sft"))
+                    for r in dirs]
 
             def pair(get) -> str:
                 return "/".join(spread_text([get(ft, sft)[m] for ft, sft in runs]) for m in ("ca", "asr"))

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Optional
 
 from backdoor.train import steps_per_epoch
 from defenses.finetune import SFTConfig
+from experiments import paths
 from experiments.common import read_json
 
 if TYPE_CHECKING:  # profiles.py holds a SweepConfig per profile, so it imports this module, not vice versa
@@ -108,10 +109,10 @@ def point_file(point: AblationPoint, prof: Profile, sw: SweepConfig) -> str:
     """
     if point.fraction == 1 and point_epochs(point, prof, sw) <= prof.finetune_epochs:
         if point.defense == "ft" and point.lr == prof.ft_lr:
-            return "ft.json"
+            return paths.in_run("result", defense="ft")
         if point.defense == "sft" and point.lr_max1 == prof.sft.lr_max1:
-            return "sft.json"
-    return f"ablation/{point.name}.json"
+            return paths.in_run("result", defense="sft")
+    return paths.in_run("ablation", point=point.name)
 
 
 def figure_points(figure: int, prof: Profile, sw: SweepConfig) -> list[AblationPoint]:
@@ -128,7 +129,7 @@ def figure_points(figure: int, prof: Profile, sw: SweepConfig) -> list[AblationP
 def read_point(results: Path | str, dataset: str, attack: str, point: AblationPoint, prof: Profile,
                sw: SweepConfig) -> list[dict]:
     """The point's per-epoch history (epoch 0 = the backdoored model), cut to the point's epochs."""
-    path = Path(results) / dataset / attack / point_file(point, prof, sw)
+    path = Path(results) / paths.run(dataset, attack) / point_file(point, prof, sw)
     history, epochs = read_json(path)["history"], point_epochs(point, prof, sw)
     if len(history) <= epochs:
         raise ValueError(f"{path} has {len(history) - 1} epochs, {point.name} needs {epochs}; delete it and rerun make")
@@ -139,7 +140,7 @@ def _make_field(field: str, prof: Profile, sw: SweepConfig) -> str:
     """A space-separated value for the Makefile: a SweepConfig field, `points`, or `files7|8|9`."""
     if field == "points":  # points that need their own run
         names = {p.name: p for f in (7, 8, 9) for p in figure_points(f, prof, sw)
-                 if point_file(p, prof, sw).startswith("ablation/")}
+                 if point_file(p, prof, sw) == paths.in_run("ablation", point=p.name)}
         return " ".join(names)
     if field.startswith("files"):
         return " ".join(dict.fromkeys(point_file(p, prof, sw) for p in figure_points(int(field[5:]), prof, sw)))

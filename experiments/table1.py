@@ -19,7 +19,8 @@ from safetensors.torch import save
 
 from backdoor.checkpoint import atomic_write_bytes
 from backdoor.poison import bake
-from experiments.common import load_backdoored, load_data, resolve_device, run_dir, run_main, setup
+from experiments import paths
+from experiments.common import load_backdoored, load_data, resolve_device, run_main, setup
 from experiments.profiles import add_profile_args, profile_from
 
 
@@ -43,7 +44,8 @@ def collect(args: argparse.Namespace) -> None:
         tensors[f"{d}/clean"] = x[0]
         meta["images"][d] = {"index": i, "label": int(data.y_test[i])}
         for a in attacks:
-            _, attack, _ = load_backdoored(run_dir("checkpoints", prof.name, d, a) / "backdoor.safetensors", device)
+            _, attack, _ = load_backdoored(paths.path("backdoor", paths.checkpoints(prof.name), dataset=d, attack=a),
+                                           device)
             tensors[f"{d}/{a}"] = bake(attack.eval(), x)[0]
     atomic_write_bytes(Path(args.out), save(tensors, metadata={"meta": json.dumps(meta)}))
 

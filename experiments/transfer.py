@@ -26,8 +26,9 @@ from backdoor.data import ImageData
 from backdoor.metrics import make_transfer_evaluator
 from backdoor.poison import bake
 from defenses import DefenseContext, get_defense
+from experiments import paths
 from experiments.clean import load_clean
-from experiments.common import load_backdoored, load_data, resolve_device, run_dir, run_main, setup, write_result
+from experiments.common import load_backdoored, load_data, resolve_device, run_main, setup, write_result
 from experiments.profiles import Profile, add_profile_args, profile_from
 
 TRANSFER_DEFENSES = ("ft", "sft")
@@ -68,7 +69,7 @@ def swap_head(model: nn.Module, num_classes: int, seed: int = 0) -> nn.Module:
 def load_pretrained(prof: Profile, pretrain: str, attack: str, triggers: list[str],
                     device: torch.device) -> tuple[nn.Module, dict[str, Attack]]:
     """The pre-trained model (backdoored by `attack`, or `clean`) and the attacks whose triggers to test."""
-    ckpt = lambda a: run_dir("checkpoints", prof.name, pretrain, a) / "backdoor.safetensors"  # noqa: E731
+    ckpt = lambda a: paths.path("backdoor", paths.checkpoints(prof.name), dataset=pretrain, attack=a)  # noqa: E731
     if attack != "clean":
         model, att, _ = load_backdoored(ckpt(attack), device)
         return model, {attack: att}
@@ -99,7 +100,8 @@ def run(args: argparse.Namespace) -> None:
                          num_classes=down.num_classes, params={"sft": sft})
     result = get_defense(args.defense)(ctx)
     final = result.history[-1]
-    out = run_dir("results", prof.name, "transfer", args.downstream) / args.attack / f"{args.defense}.json"
+    out = paths.path("transfer", paths.path("transfer_dir", paths.results(prof.name)), downstream=args.downstream,
+                     attack=args.attack, defense=args.defense)
     write_result(out, {**prof.stamp(device), "pretrain": sw.pretrain, "downstream": args.downstream,
                        "attack": args.attack, "defense": args.defense, "triggers": list(attacks), "finetune": cfg,
                        "sft": sft if args.defense == "sft" else None, "final": final,

@@ -11,7 +11,7 @@ from figures.style import save, use_style
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("trace", help="figure1_lr.json")
+    ap.add_argument("trace", help="the LR trace experiments.lr_schedule writes (--out)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     r = json.load(open(args.trace))

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments import paths
 from experiments.common import read_json
 from figures.figure5 import MARKERS, name
 from figures.style import figure_args, label, save, use_style
@@ -22,7 +23,8 @@ def main() -> None:
     width = 0.8 / len(models)
     for ax, d in zip(axes[0], datasets):
         for i, m in enumerate(models):
-            acc = [read_json(Path(args.results) / d / a / "mia" / f"{m}.json")["accuracy"] for a in attacks]
+            acc = [read_json(paths.path("mia", args.results, dataset=d, attack=a, model=m))["accuracy"]
+                   for a in attacks]
             key = "undefended" if m == "backdoor" else m
             ax.bar(np.arange(len(attacks)) + (i - (len(models) - 1) / 2) * width, acc, width,
                    color=MARKERS.get(key, ("o", "gray"))[1], label=name(key), edgecolor="white", linewidth=0.4)

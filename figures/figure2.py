@@ -8,6 +8,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from experiments import paths
 from figures.style import label, save, style_panel, use_style
 
 # (mode, metric, colour, line style); `clean` (ASR of a frozen clean encoder) is drawn when present
@@ -31,7 +32,7 @@ def main() -> None:
         for j, d in enumerate(down):
             ax = axes[i][j]
             for mode, metric, color, ls in LINES:
-                path = Path(args.results) / p / d / f"{mode}.json"
+                path = paths.path("downstream", args.results, pretrain=p, downstream=d, mode=mode)
                 if mode == "clean" and not path.is_file():
                     continue
                 h = json.loads(path.read_text())["history"]

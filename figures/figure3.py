@@ -10,6 +10,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from experiments import paths
 from figures.style import figure_args, label, save, style_panel, use_style
 
 NAMES = {"digits5to9": "digits 5-9"}
@@ -33,12 +34,12 @@ def main() -> None:
         for j, a in enumerate(attacks):
             ax = axes[i][j]
             for defense, metric, color, ls in LINES:
-                h = _history(root / d / a / f"{defense}.json")
+                h = _history(paths.path("transfer", root, downstream=d, attack=a, defense=defense))
                 key = "ca" if metric == "ca" else f"asr_{a}"
                 ax.plot([r["epoch"] for r in h], [r[key] for r in h], color=color, ls=ls, lw=1.4,
                         label=f"{label(defense)} {metric.upper()}")
             for defense, ls in (("ft", "--"), ("sft", "-")):
-                h = _history(root / d / "clean" / f"{defense}.json")
+                h = _history(paths.path("transfer", root, downstream=d, attack="clean", defense=defense))
                 ax.plot([r["epoch"] for r in h], [r[f"asr_{a}"] for r in h], color="0.55", ls=ls, lw=1.0,
                         label=f"{label(defense)} ASR, clean model")
             style_panel(ax, f"{NAMES.get(d, label(d))} / {label(a)}", "fine-tuning epoch",

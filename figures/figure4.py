@@ -11,6 +11,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 
+from experiments import paths
 from figures.style import figure_args, label, save, style_panel, use_style
 
 LINES = [("ft", "ca", "tab:blue", "--"), ("ft", "asr", "tab:red", "--"),
@@ -19,7 +20,8 @@ LINES = [("ft", "ca", "tab:blue", "--"), ("ft", "asr", "tab:red", "--"),
 
 def seed_curves(dirs: list[Path], dataset: str, attack: str, defense: str, metric: str) -> tuple[list, np.ndarray]:
     """(epochs, array seeds x epochs) of one metric; the seeds' runs must have the same epochs."""
-    hists = [json.loads((d / dataset / attack / f"{defense}.json").read_text())["history"] for d in dirs]
+    hists = [json.loads(paths.path("result", d, dataset=dataset, attack=attack, defense=defense).read_text())["history"]
+             for d in dirs]
     epochs = [[r["epoch"] for r in h] for h in hists]
     if any(e != epochs[0] for e in epochs):
         raise ValueError(f"{dataset}/{attack}/{defense}: the seeds' runs have different epochs "

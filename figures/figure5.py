@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from experiments import paths
 from experiments.common import read_json
 from figures.style import figure_args, label, save, use_style
 
@@ -25,11 +26,11 @@ def name(d: str) -> str:
 
 def points(results: Path, dataset: str, attack: str, defenses: list[str]) -> dict[str, tuple[float, float]]:
     """defence -> (CA, ASR) for one dataset/attack, the undefended model first."""
-    run = results / dataset / attack
-    final = read_json(run / "backdoor.json")["final"]
+    at = {"dataset": dataset, "attack": attack}
+    final = read_json(paths.path("backdoor_result", results, **at))["final"]
     out = {"undefended": (final["ca"], final["asr"])}
     for d in defenses:
-        f = read_json(run / f"{d}.json")["final"]
+        f = read_json(paths.path("result", results, defense=d, **at))["final"]
         out[d] = (f["ca"], f["asr"])
     return out
 

@@ -14,6 +14,7 @@ from typing import Mapping
 import matplotlib.pyplot as plt
 import seaborn as sns
 
+from experiments import paths
 from experiments.common import read_json
 from experiments.profiles import resolve
 from experiments.summary import charged_hours
@@ -28,7 +29,7 @@ def costs(results: Path, datasets: list[str], attacks: list[str], defenses: list
     for ds in datasets:
         for a in attacks:
             for d in defenses:
-                r = read_json(results / ds / a / f"{d}.json")
+                r = read_json(paths.path("result", results, dataset=ds, attack=a, defense=d))
                 out[d].append(charged_hours(r, charge.get(d)))
                 devices.add(r.get("device", "unknown"))
     return out, devices

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from experiments import paths
 from experiments.common import read_json
 from figures.figure5 import MARKERS, name
 from figures.style import label, save, use_style
@@ -25,7 +26,8 @@ def main() -> None:
     for ax, r in zip(axes[0], ratios):
         drawn = []
         for m in models:
-            rec = read_json(Path(args.results) / args.dataset / args.attack / "reinject" / m / f"{r}.json")
+            rec = read_json(paths.path("reinject", args.results, dataset=args.dataset, attack=args.attack, model=m,
+                                       ratio=r))
             if rec.get("skipped"):
                 ax.text(0.5, 0.5, f"{rec['n_poison']} poisoned images\n(ratio {r} of {rec['n_train']})",
                         ha="center", va="center", transform=ax.transAxes, fontsize=9)

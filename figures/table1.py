@@ -17,7 +17,7 @@ def to_hwc(t) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("images", help="table1.safetensors from experiments.table1")
+    ap.add_argument("images", help="the images file experiments.table1 writes (--out)")
     ap.add_argument("--amplify", type=float, default=5.0, help="residual |x' - x| is multiplied by this")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()

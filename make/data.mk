@@ -7,7 +7,7 @@
 #   make fake-data FAKE_N=500      the same with 500 training images each (test splits scaled), for CI
 DATA_NAMES   = $(if $(filter command line,$(origin DATASETS)),$(DATASETS))
 DATA_DIRFLAG = $(if $(DATA_DIR),--data-dir $(DATA_DIR))
-FAKE_DIR    ?= $(A)/fake_data
+FAKE_DIR    ?= $(p_fake_data)
 FAKE_N      ?=
 
 .PHONY: data fake-data

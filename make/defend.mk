@@ -17,7 +17,7 @@ defend_opt = $(if $(2),$(1) $(2))
 DEFEND_FLAGS = --model $(MODEL) --data $(DATA) --defense $(DEFENSE) --profile $(PROFILE) \
   $(call defend_opt,--test-data,$(TEST_DATA)) $(call defend_opt,--fraction,$(FRACTION)) \
   $(call defend_opt,--trigger,$(TRIGGER)) $(call defend_opt,--target,$(BD_TARGET)) \
-  $(call defend_opt,--out,$(if $(OUT),$(OUT),$(A)/defend/$(basename $(notdir $(MODEL))))) $(DEVFLAG) $(DEFEND_ARGS)
+  $(call defend_opt,--out,$(if $(OUT),$(OUT),$(call p_defend,$(basename $(notdir $(MODEL)))))) $(DEVFLAG) $(DEFEND_ARGS)
 
 .PHONY: defend
 defend: $(STAMP)

@@ -14,20 +14,20 @@ $(foreach d,$(BASELINES),$(eval $(call defense_rule,$(d))))
 fig_dataset = $(if $(filter $(1),$(DATASETS)),$(1),$(firstword $(DATASETS)))
 
 define ca_asr_figure
-$$(FG)/$(1).png: $$(foreach a,$$(ATTACKS),$$(foreach d,$$(FIG5_DEFENSES),$$(RS)/$(2)/$$(a)/$$(d).json))
+$$(call p_figure,$$(FG),$(1)): $$(foreach a,$$(ATTACKS),$$(foreach d,$$(FIG5_DEFENSES),$$(call p_result,$$(RS),$$(call p_run,$(2),$$(a)),$$(d))))
 	$$(PY) -m figures.figure5 --results $$(RS) --dataset $(2) --attacks "$$(ATTACKS)" --defenses "$$(FIG5_DEFENSES)" --out $$@
 endef
 $(eval $(call ca_asr_figure,figure5,$(call fig_dataset,cifar10)))
 $(eval $(call ca_asr_figure,figure12,$(call fig_dataset,cifar100)))
 $(eval $(call ca_asr_figure,figure13,$(call fig_dataset,gtsrb)))
 
-$(FG)/figure6.png: $(foreach r,$(runs),$(foreach d,$(FIG6_DEFENSES),$(RS)/$(r)/$(d).json))
+$(call p_figure,$(FG),figure6): $(foreach r,$(runs),$(foreach d,$(FIG6_DEFENSES),$(call p_result,$(RS),$(r),$(d))))
 	$(PY) -m figures.figure6 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" \
 	  --defenses "$(FIG6_DEFENSES)" --profile $(PROFILE) --set "$(SET)" --cost $(FIG6_COST) --out $@
 
 .PHONY: figure5 figure6 figure12 figure13 baselines
 figure5 figure6 figure12 figure13: $(STAMP)
-	@+$(SUBMAKE) $(FG)/$@.png
+	@+$(SUBMAKE) $(call p_figure,$(FG),$@)
 
 baselines: $(STAMP)
-	@+$(SUBMAKE) $(foreach r,$(runs),$(foreach d,$(BASELINES),$(RS)/$(r)/$(d).json))
+	@+$(SUBMAKE) $(foreach r,$(runs),$(foreach d,$(BASELINES),$(call p_result,$(RS),$(r),$(d))))

@@ -3,4 +3,4 @@
 # Missing results become "not run" rows naming their make target; the report itself never needs them.
 .PHONY: report
 report: $(STAMP)
-	@$(PY) -m experiments.report $(PROFLAGS) --results $(SRS) --figures $(FG) --out $(A)/report/$(PDIR)
+	@$(PY) -m experiments.report $(PROFLAGS) --results $(SRS) --figures $(FG) --out $(call p_report,$(PDIR))

@@ -12,34 +12,36 @@ SUBMAKE_LISTS += SEQ_RATIOS="$(SEQ_RATIOS)"
 SEQ_DATASET ?= $(if $(filter cifar10,$(DATASETS)),cifar10,$(firstword $(DATASETS)))
 
 # ---- membership inference: one file per (dataset, attack, model)
-$(RS)/%/mia/backdoor.json: $(CK)/%/backdoor.safetensors
+$(call p_mia,$(RS),%,backdoor): $(call p_backdoor,$(CK),%)
 	$(RUN) experiments.sequela mia $(PROFLAGS) $(call runargs,$*) --model backdoor $(DEVFLAG)
 
 define seq_mia_rule
-$$(RS)/%/mia/$(1).json: $$(RS)/%/$(1).json
+$$(call p_mia,$$(RS),%,$(1)): $$(call p_result,$$(RS),%,$(1))
 	$$(RUN) experiments.sequela mia $$(PROFLAGS) $$(call runargs,$$*) --model $(1) $$(DEVFLAG)
 endef
 $(foreach m,$(SEQ_DEFENSES),$(eval $(call seq_mia_rule,$(m))))
 
 # ---- re-injection: one file per (dataset, attack, model, ratio)
 define seq_reinject_rule
-$$(RS)/%/reinject/$(1)/$(2).json: $$(RS)/%/$(1).json
+$$(call p_reinject,$$(RS),%,$(1),$(2)): $$(call p_result,$$(RS),%,$(1))
 	$$(RUN) experiments.sequela reinject $$(PROFLAGS) $$(call runargs,$$*) --model $(1) --ratio $(2) $$(DEVFLAG)
 endef
 define seq_clean_rule
-$$(RS)/$(1)/%/reinject/clean/$(2).json: $$(CK)/$(1)/clean/model.safetensors $$(CK)/$(1)/%/backdoor.safetensors
+$$(call p_reinject,$$(RS),$$(call p_run,$(1),%),clean,$(2)): $$(call p_clean_model,$$(CK),$(1)) \
+  $$(call p_backdoor,$$(CK),$$(call p_run,$(1),%))
 	$$(RUN) experiments.sequela reinject $$(PROFLAGS) --dataset $(1) --attack $$* --model clean --ratio $(2) $$(DEVFLAG)
 endef
 $(foreach r,$(SEQ_RATIOS),$(foreach m,$(SEQ_DEFENSES),$(eval $(call seq_reinject_rule,$(m),$(r))))\
   $(foreach d,$(sort $(DATASETS) $(SEQ_DATASET)),$(eval $(call seq_clean_rule,$(d),$(r)))))
 
 # ---- figures
-$(FG)/figure10.png: $(foreach r,$(runs),$(foreach m,backdoor $(SEQ_DEFENSES),$(RS)/$(r)/mia/$(m).json))
+$(call p_figure,$(FG),figure10): $(foreach r,$(runs),$(foreach m,backdoor $(SEQ_DEFENSES),$(call p_mia,$(RS),$(r),$(m))))
 	$(PY) -m figures.figure10 --results $(RS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" \
 	  --defenses "$(SEQ_DEFENSES)" --out $@
 
 define seq_reinject_figure
-$$(FG)/$(1).png: $$(foreach m,clean $$(SEQ_DEFENSES),$$(foreach r,$$(SEQ_RATIOS),$$(RS)/$$(SEQ_DATASET)/$(2)/reinject/$$(m)/$$(r).json))
+$$(call p_figure,$$(FG),$(1)): $$(foreach m,clean $$(SEQ_DEFENSES),$$(foreach r,$$(SEQ_RATIOS),\
+  $$(call p_reinject,$$(RS),$$(call p_run,$$(SEQ_DATASET),$(2)),$$(m),$$(r))))
 	$$(PY) -m figures.reinjection --results $$(RS) --dataset $$(SEQ_DATASET) --attack $(2) \
 	  --defenses "$$(SEQ_DEFENSES)" --ratios "$$(SEQ_RATIOS)" --out $$@
 endef
@@ -51,4 +53,4 @@ $(eval $(call seq_reinject_figure,figure17,wanet))
 
 .PHONY: figure10 figure11 figure14 figure15 figure16 figure17
 figure10 figure11 figure14 figure15 figure16 figure17: $(STAMP)
-	@+$(SUBMAKE) $(FG)/$@.png
+	@+$(SUBMAKE) $(call p_figure,$(FG),$@)

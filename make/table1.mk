@@ -7,11 +7,11 @@ T1_DATASETS ?= $(DATASETS)
 
 .PHONY: table1
 table1: $(STAMP)
-	@+$(SUBMAKE) $(FG)/table1.png
+	@+$(SUBMAKE) $(call p_figure,$(FG),table1)
 
-$(RS)/table1.safetensors: $(foreach d,$(T1_DATASETS),$(foreach a,$(T1_ATTACKS),$(CK)/$(d)/$(a)/backdoor.safetensors))
+$(call p_table1,$(RS)): $(foreach d,$(T1_DATASETS),$(foreach a,$(T1_ATTACKS),$(call p_backdoor,$(CK),$(call p_run,$(d),$(a)))))
 	$(RUN) experiments.table1 $(PROFLAGS) --datasets "$(T1_DATASETS)" --attacks "$(T1_ATTACKS)" \
 	  --out $@ $(DEVFLAG)
 
-$(FG)/table1.png: $(RS)/table1.safetensors
+$(call p_figure,$(FG),table1): $(call p_table1,$(RS))
 	$(PY) -m figures.table1 $< --out $@

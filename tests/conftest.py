@@ -18,7 +18,7 @@ from backdoor.metrics import make_evaluator
 from backdoor.models import make_model
 from backdoor.poison import poison_train_set, poisoned_test_set
 from backdoor.train import TrainConfig, fit
-from experiments import common, profiles, sequela, standalone, transfer
+from experiments import paths, profiles, sequela, standalone, transfer
 
 # By module path: `defenses.spectral` the attribute is the defence function, not its module.
 spectral_lib = importlib.import_module("defenses.spectral")
@@ -77,7 +77,7 @@ class SmokeChain:
             return
         data = {"digits": self.data}
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(common, "ARTIFACTS", self.root)
+            mp.setattr(paths, "ARTIFACTS", self.root)
             mp.setitem(profiles.PROFILES, "smoke", self.profile)
             for mod in (standalone, sequela, transfer):  # each binds load_data by name
                 mp.setattr(mod, "load_data", lambda name, prof=None: data[name])

@@ -10,6 +10,7 @@ import json
 import os
 import pickle
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -275,9 +276,12 @@ def test_image_folder_converts_exactly_once_and_trigger_folder_matches_trigger(f
 
 
 def test_make_defend_passes_the_flags():
-    # make/defend.mk alone, with the Makefile's variables stubbed: the full Makefile runs Python at parse time.
+    # make/defend.mk alone, with the Makefile's variables stubbed (the full Makefile runs Python at parse time)
+    # and the layout read as the Makefile reads it (experiments/paths.py, stdlib only).
+    layout = subprocess.run([sys.executable, "-m", "experiments.paths", "make"], cwd=ROOT, capture_output=True,
+                            text=True, check=True).stdout.split()
     make = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "make" / "defend.mk"), "RUN=RUN", "STAMP=",
-            "PROFILE=paper", "A=artifacts"]
+            "PROFILE=paper", "A=artifacts", *(f"--eval={w}" for w in layout)]
     out = subprocess.run(make + ["defend", "MODEL=m.pt", "DATA=digits", "TRIGGER=badnets", "FRACTION=0.2"],
                          capture_output=True, text=True).stdout
     assert out.strip() == ("RUN experiments.defend --model m.pt --data digits --defense sft --profile paper "

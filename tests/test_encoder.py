@@ -21,7 +21,7 @@ from backdoor.data import ImageData
 from backdoor.models import DownstreamClassifier, ResNet18Encoder
 from backdoor.ssl import SimCLRAugment, jitter_with, nt_xent, resized_crop_flip, simclr_augment
 from backdoor.train import TrainConfig, fit
-from experiments import common
+from experiments import paths
 from experiments import encoder as ex
 from experiments.common import evaluator_for
 
@@ -200,7 +200,7 @@ def test_encoder_chain_smoke(tmp_path, monkeypatch):
     full = bd.load_dataset("digits", tmp_path / "data")
     small = ImageData("digits", full.x_train[:64], full.y_train[:64], full.x_test[:40], full.y_test[:40], 10)
     monkeypatch.setattr(ex, "load_data", lambda name, prof=None: small)
-    monkeypatch.setattr(common, "ARTIFACTS", tmp_path)
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
     base = ["--profile", "smoke", "--pretrain", "digits", "--device", "cpu"]
     ex.main(["pretrain", *base])
     ex.main(["badencoder", *base, "--downstream", "digits"])

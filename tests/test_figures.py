@@ -17,7 +17,7 @@ import pytest
 matplotlib.use("Agg")
 
 import figures.style  # noqa: E402
-from experiments import lr_schedule, sequela, summary, sweeps, table1  # noqa: E402
+from experiments import lr_schedule, paths, sequela, summary, sweeps, table1  # noqa: E402
 from experiments.profiles import get_profile  # noqa: E402
 
 SMOKE = get_profile("smoke")
@@ -135,7 +135,7 @@ def test_figure1_from_the_lr_schedule_step(tmp_path, monkeypatch):
 def test_table1_images_and_figure(smoke_chain, tmp_path, monkeypatch):
     smoke_chain.train()
     from experiments import common
-    monkeypatch.setattr(common, "ARTIFACTS", smoke_chain.root)
+    monkeypatch.setattr(paths, "ARTIFACTS", smoke_chain.root)
     monkeypatch.setattr(table1, "load_data", lambda name: smoke_chain.data)
     images = tmp_path / "table1.safetensors"
     table1.main(["--profile", "smoke", "--datasets", "digits", "--attacks", "badnets", "--out", str(images),

@@ -15,7 +15,7 @@ import torch
 from backdoor.models import make_model
 from backdoor.train import TrainConfig
 from defenses import DefenseContext, get_defense
-from experiments import common
+from experiments import paths
 from experiments.profiles import PROFILES, get_profile, profile_from, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_values_are_still_validated_by_the_configs():
 
 
 def test_override_lands_in_its_own_directory(tmp_path, monkeypatch):
-    monkeypatch.setattr(common, "ARTIFACTS", tmp_path)
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
     args = argparse.Namespace(profile="smoke", set=["finetune_epochs=5", "sft.lr_max1=0.3"])
     prof = profile_from(args)
     assert re.fullmatch(r"smoke\+[0-9a-f]{8}", prof.name) and prof.stamp(None)["overrides"] == {
@@ -103,8 +103,7 @@ def test_override_lands_in_its_own_directory(tmp_path, monkeypatch):
     # Same values, other order or spelling: same directory; another value: another one.
     assert resolve("smoke", ["sft.lr_max1=0.30", "finetune_epochs=05"]).name == prof.name
     assert resolve("smoke", ["finetune_epochs=6", "sft.lr_max1=0.3"]).name != prof.name
-    assert common.run_dir("results", prof.name, "digits", "badnets") != common.run_dir(
-        "results", "smoke", "digits", "badnets")
+    assert paths.results(prof.name) != paths.results("smoke")
     assert profile_from(argparse.Namespace(profile="smoke", set=[])) is SMOKE
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoints", "results"]
 

@@ -13,7 +13,7 @@ import pytest
 
 from backdoor.data import load_dataset
 from experiments import ablations, clean, encoder, report, sequela, standalone, transfer
-from experiments import common
+from experiments import paths
 from experiments.profiles import PROFILES
 
 SPEC = report.load_spec()
@@ -32,7 +32,7 @@ def real_results(tmp_path_factory):
     root, data_dir = tmp_path_factory.mktemp("artifacts"), tmp_path_factory.mktemp("data")
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(PROFILES, "smoke", TINY)
-        mp.setattr(common, "ARTIFACTS", root)
+        mp.setattr(paths, "ARTIFACTS", root)
         for mod in WRITERS:
             mp.setattr(mod, "load_data", lambda name, prof=None: load_dataset(name, data_dir=data_dir))
         base = ["--profile", "smoke", "--device", "cpu"]

@@ -55,7 +55,7 @@ def test_bad_seeds_fail_in_one_line(sets, match):
 
 
 def test_a_one_seed_step_refuses_seeds(tmp_path, monkeypatch):
-    monkeypatch.setattr("experiments.common.ARTIFACTS", tmp_path)
+    monkeypatch.setattr("experiments.paths.ARTIFACTS", tmp_path)
     args = argparse.Namespace(profile="smoke", set=["seeds=0,1"])
     with pytest.raises(ValueError, match="this step runs one seed"):
         profile_from(args)

@@ -16,7 +16,7 @@ from backdoor.models import make_model
 from backdoor.poison import bake
 from backdoor.train import steps_per_epoch
 from defenses import DefenseContext, get_defense
-from experiments import ablations, clean, common, sweeps, transfer
+from experiments import ablations, clean, common, paths, sweeps, transfer
 from experiments.profiles import get_profile
 from experiments.sweeps import AblationPoint, parse_point, point_file
 
@@ -149,14 +149,14 @@ def tiny(digits, tmp_path, monkeypatch):
     """300/100 digits, artifacts in tmp_path, width-4 checkpoints for badnets, blended and clean."""
     small = ImageData("digits", digits.x_train[:300], digits.y_train[:300], digits.x_test[:100],
                       digits.y_test[:100], 10)
-    monkeypatch.setattr(common, "ARTIFACTS", tmp_path)
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path)
     monkeypatch.setattr(ablations, "load_data", lambda name, prof=None: small)
     monkeypatch.setattr(transfer, "load_data", lambda name, prof=None: small)
     arch = {"name": "preactresnet18", "num_classes": 10, "width": WIDTH, "dataset": "digits"}
     for name in ("badnets", "blended"):
         torch.manual_seed(0)
         attack = make_attack(name, target=0)
-        save_model(common.run_dir("checkpoints", "smoke", "digits", name) / "backdoor.safetensors",
+        save_model(paths.path("backdoor", paths.checkpoints("smoke"), dataset="digits", attack=name),
                    make_model("preactresnet18", 10, WIDTH, "digits"),
                    {"arch": arch, "attack": {"name": name, "params": attack.params()}}, attack)
     save_model(clean.clean_path(SMOKE, "digits"), make_model("preactresnet18", 10, WIDTH, "digits"),
@@ -192,7 +192,7 @@ def test_full_fraction_point_is_a_prefix_of_the_standalone_sft_run(tiny):
     sw = replace(SMOKE.sweeps, sft_epochs=2)
     short = ablations.run_point(SMOKE, sw, "digits", "badnets", point, torch.device("cpu"))["history"]
     model, attack, _ = common.load_backdoored(
-        common.run_dir("checkpoints", "smoke", "digits", "badnets") / "backdoor.safetensors", torch.device("cpu"))
+        paths.path("backdoor", paths.checkpoints("smoke"), dataset="digits", attack="badnets"), torch.device("cpu"))
     ctx = DefenseContext(model, tiny.x_train, tiny.y_train, replace(SMOKE.finetune_config("digits"), epochs=3),
                          common.evaluator_for(tiny, attack, torch.device("cpu"), bf16=False), params={"sft": SMOKE.sft})
     longer = get_defense("sft")(ctx).history

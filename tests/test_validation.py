@@ -25,7 +25,7 @@ from backdoor.checkpoint import atomic_write_bytes
 from backdoor.models import make_model
 from backdoor.poison import check_ratio, poison_indices
 from backdoor.train import TrainConfig, fit
-from experiments import common, standalone
+from experiments import common, paths, standalone
 from experiments.profiles import PROFILES
 from conftest import fresh_make_env
 
@@ -40,7 +40,7 @@ def _tripwire(*_a, **_k):
 @pytest.fixture
 def step(monkeypatch, digits, tmp_path_factory):
     """standalone.main(argv) -> its one stderr line; training and defences are tripwires."""
-    monkeypatch.setattr(common, "ARTIFACTS", tmp_path_factory.mktemp("art"))
+    monkeypatch.setattr(paths, "ARTIFACTS", tmp_path_factory.mktemp("art"))
     monkeypatch.setattr(standalone, "load_data", lambda name, prof=None: digits)
     monkeypatch.setattr(standalone, "train_backdoored", _tripwire)
 
@@ -70,7 +70,7 @@ def _bomb_png(path: Path, width: int = 20000, height: int = 20000) -> Path:
 def test_unwritable_artifacts_dir_fails_before_training(step, capsys, monkeypatch, tmp_path_factory):
     blocker = tmp_path_factory.mktemp("ro") / "a-file"
     blocker.write_text("")
-    monkeypatch.setattr(common, "ARTIFACTS", blocker / "artifacts")  # a path below a file: mkdir fails
+    monkeypatch.setattr(paths, "ARTIFACTS", blocker / "artifacts")  # a path below a file: mkdir fails
     err = step(TRAIN + ["badnets"], capsys)
     assert err.startswith(f"error: cannot write to {blocker}/artifacts/checkpoints/smoke/digits/badnets")
 
