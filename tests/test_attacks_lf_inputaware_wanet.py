@@ -187,9 +187,8 @@ MIN_ASR = {"lf": 0.8, "wanet": 0.8, "inputaware": 0.6}
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["lf", "inputaware", "wanet"])
-def test_attack_reaches_high_asr_on_digits(name, digits, tmp_path, monkeypatch):
+def test_attack_reaches_high_asr_on_digits(name, digits):
     # The smoke profile's own recipe and attack presets (width 16, 40 epochs; measured in docs/attacks.md).
-    monkeypatch.setenv("ARTIFACTS", str(tmp_path))
     torch.manual_seed(SMOKE.seed)
     model = make_model("preactresnet18", digits.num_classes, SMOKE.width, "digits")
     attack = make_attack(name, **SMOKE.attack_kwargs(name))
