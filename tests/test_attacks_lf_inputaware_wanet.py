@@ -182,6 +182,8 @@ SMOKE = get_profile("smoke")
 # Final CA / ASR measured (NCHW on CPU, one thread, seed 0 / every torch seed +1): LF 0.992/1.000, 0.995/1.000;
 # WaNet 0.997/0.994, 0.985/0.969; InputAware 0.995/0.844, 0.992/0.774 (its ASR swings 0.69-0.92 between
 # evaluations: the generator is trained per batch on 1,400 images), so its bar is lower; a clean model's is ~0.1.
+# With two threads InputAware diverged (CA 0.796 at epoch 10, then 0.098 = one class; twice, deterministic) since
+# CPU training is NCHW; it reached 0.995/0.955 in channels_last. Open: its training is unstable, so one thread here.
 MIN_ASR = {"lf": 0.8, "wanet": 0.8, "inputaware": 0.6}
 
 
@@ -193,7 +195,13 @@ def test_attack_reaches_high_asr_on_digits(name, digits):
     model = make_model("preactresnet18", digits.num_classes, SMOKE.width, "digits")
     attack = make_attack(name, **SMOKE.attack_kwargs(name))
     t0 = time.perf_counter()
-    hist, _ = train_backdoored(attack, model, digits, SMOKE.train_config("digits"), SMOKE.poison_ratio, SMOKE.seed)
+    threads = torch.get_num_threads()
+    if name == "inputaware":  # two threads diverge here, see MIN_ASR
+        torch.set_num_threads(1)
+    try:
+        hist, _ = train_backdoored(attack, model, digits, SMOKE.train_config("digits"), SMOKE.poison_ratio, SMOKE.seed)
+    finally:
+        torch.set_num_threads(threads)
     curve = [(r["epoch"], round(r["ca"], 3), round(r["asr"], 3)) for r in hist if "ca" in r]  # eval_every=10
     print(f"{name}: {time.perf_counter() - t0:.0f} s, (CA, ASR) per epoch {curve}")
     assert hist[-1]["asr"] >= MIN_ASR[name] and hist[-1]["ca"] >= 0.8, curve
