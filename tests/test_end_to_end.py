@@ -1,8 +1,9 @@
 """The paper's standalone claim on `digits`, for real, on the session's smoke CLI chain: a BadNets backdoor is
 learned, survives conventional fine-tuning at a small LR, and is removed by super-fine-tuning at little CA cost.
 
-Measured (OMP_NUM_THREADS=1 seed 0 / seed 1 / default threads seed 0): backdoored ASR 0.964 / 1.000 / 0.933,
-CA 0.987 / 0.992 / 0.987; FT ASR 0.835 / 0.972 / 0.497; SFT ASR 0.000 / 0.000 / 0.000, CA 0.987 / 0.992 / 0.990."""
+Measured, CPU training NCHW (OMP_NUM_THREADS=1 seed 0 / every torch seed +1 / default threads seed 0): backdoored
+ASR 0.975 / 0.983 / 0.958, CA 0.990 / 0.992 / 0.995; FT ASR 0.885 / 0.802 / 0.846; SFT ASR 0.000 / 0.000 / 0.000,
+CA 0.990 / 0.970 / 0.980."""
 from __future__ import annotations
 
 
@@ -10,7 +11,7 @@ def test_badnets_backdoor_is_learned(smoke_chain):
     # Catches a trigger that is not stamped into the training set, or labels not flipped to the target.
     smoke_chain.train()
     final = smoke_chain.result("backdoor.json")["final"]
-    assert final["asr"] >= 0.85 and final["ca"] >= 0.85, final  # measured ASR 0.933-1.000, CA 0.987-0.992
+    assert final["asr"] >= 0.85 and final["ca"] >= 0.85, final  # measured ASR 0.958-0.983, CA 0.990-0.995
 
 
 def test_sft_removes_the_backdoor_and_keeps_ca(smoke_chain):
@@ -22,8 +23,8 @@ def test_sft_removes_the_backdoor_and_keeps_ca(smoke_chain):
 
 
 def test_ft_at_a_small_constant_lr_leaves_the_backdoor(smoke_chain):
-    # The contrast, same epochs: FT decays the backdoor slowly (0.96 -> 0.84 over 10 epochs with one thread,
-    # 0.93 -> 0.50 with two: the end value moves with the CPU's kernels), SFT erases it. Catches FT running SFT's
+    # The contrast, same epochs: FT decays the backdoor slowly (0.98 -> 0.89 over 10 epochs with one thread,
+    # 0.96 -> 0.85 with two: the end value moves with the CPU's kernels), SFT erases it. Catches FT running SFT's
     # schedule (or any LR far above ft_lr).
     smoke_chain.defend("ft")
     smoke_chain.defend("sft")
