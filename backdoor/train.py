@@ -257,6 +257,9 @@ def fit(
         sync(device)
         rec = {"epoch": epoch, "lr": opt.param_groups[0]["lr"], "loss": loss_sum.item() / spe,
                "seconds": time.perf_counter() - t0, "device_seconds": clock.seconds()}
+        if not math.isfinite(rec["loss"]):  # the weights are then NaN too: refuse, rather than save them
+            raise ValueError(f"fit{' (' + desc + ')' if desc else ''}: the training loss became {rec['loss']} in "
+                             f"epoch {epoch}; the weights are no longer finite (lower the LR, or another seed)")
         if evaluate and (epoch % cfg.eval_every == 0 or epoch == cfg.epochs):
             rec.update(evaluate(model))
         history.append(rec)

@@ -1,6 +1,7 @@
 """The engine's on-device augmentation and determinism."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -79,3 +80,18 @@ def test_one_channels_last_rule_cuda_only_for_training_and_inference():
     seen = []
     batched(model, x, lambda xb, sl: seen.append(xb.is_contiguous()) or xb[:, 0, 0, 0], 16, bf16=False)
     assert seen == [True] * 4
+
+
+def test_fit_refuses_a_loss_that_is_no_longer_finite():
+    # Catches a run that trains on and saves NaN weights (InputAware on two CPU threads reached NaN at epoch 17).
+    torch.manual_seed(0)
+    model = make_model("preactresnet18", 2, 4, "digits")
+    x, y = torch.randint(0, 256, (64, 3, 8, 8), dtype=torch.uint8), torch.arange(64) % 2
+    calls: list[int] = []
+
+    def nan_in_epoch_2(net, xb, yb):  # two batches per epoch: the third call is epoch 2's first
+        calls.append(1)
+        return F.cross_entropy(net(xb), yb) * (float("nan") if len(calls) > 2 else 1.0)
+
+    with pytest.raises(ValueError, match=r"^fit \(ia\): the training loss became nan in epoch 2; the weights"):
+        fit(model, x, y, TrainConfig(epochs=3, batch_size=32, lr=0.01, crop_pad=0), loss_fn=nan_in_epoch_2, desc="ia")
