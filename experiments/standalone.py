@@ -69,19 +69,20 @@ def defend(args: argparse.Namespace) -> None:
                          "the checkpoint")
     defense = get_defense(args.defense)
     at = {"dataset": args.dataset, "attack": args.attack}
-    ckpt = paths.path("backdoor", paths.checkpoints(prof.name), **at)
+    ck, rs = paths.checkpoints(prof.name), paths.results(prof.name)
+    ckpt = paths.path("backdoor", ck, **at)
     model, attack, meta = load_backdoored(ckpt, device)
     cfg = prof.finetune_config(args.dataset)
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
           {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device,
            "precision": precision_used(device, cfg.bf16)})
     data = load_data(args.dataset, prof)
-    x_train, y_train, poison_idx = load_poisoned_set(paths.path("poison", paths.checkpoints(prof.name), **at), data)
+    x_train, y_train, poison_idx = load_poisoned_set(paths.path("poison", ck, **at), data)
     ctx = DefenseContext(model=model, x_clean=data.x_train, y_clean=data.y_train, train=cfg,
                          evaluate=evaluator_for(data, attack, device, bf16=cfg.bf16), x_train=x_train, y_train=y_train,
                          poison_idx=poison_idx, num_classes=data.num_classes, target_label=attack.target,
                          params=prof.defense_params())
-    check_writable([ckpt.parent, paths.path("result", paths.results(prof.name), defense=args.defense, **at).parent],
+    check_writable([ckpt.parent, paths.path("result", rs, defense=args.defense, **at).parent],
                    _state_bytes(model) + _state_bytes(attack))
     result = defense(ctx)
     final = result.history[-1]
@@ -91,9 +92,9 @@ def defend(args: argparse.Namespace) -> None:
             "finetune": cfg, "sft": prof.sft if args.defense == "sft" else None, "final": final,
             "before": result.history[0], "train_seconds": sum(r["seconds"] for r in result.history),
             "device": str(device), **result.info}
-    save_model(paths.path("defended", paths.checkpoints(prof.name), defense=args.defense, **at),
+    save_model(paths.path("defended", ck, defense=args.defense, **at),
                result.model, jsonable({**info, "arch": meta["arch"], "attack": meta["attack"]}), attack)
-    write_result(paths.path("result", paths.results(prof.name), defense=args.defense, **at),
+    write_result(paths.path("result", rs, defense=args.defense, **at),
                  {**info, "history": result.history})
     print(f"{args.defense}: CA {final['ca']:.3f}  ASR {final['asr']:.3f}  "
           f"(before: CA {result.history[0]['ca']:.3f}  ASR {result.history[0]['asr']:.3f}; "
