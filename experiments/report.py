@@ -286,7 +286,8 @@ LINES: dict[str, Margin] = {
                         "removed ones 0.004-0.127; 0.5 is halfway"),
     "collapsed": Margin(0.1, "a model with CA at most 0.1 above chance (1/classes) has collapsed: NAD at lr 0.01 on "
                              "digits fell to CA 0.10 (experiments/profiles.py); AC's 0.672 -> 0.582 is far above it"),
-    "keeps CA": Margin(0.05, "SFT 'keeps' CA when it ends within 0.05 of the backdoored model's (the CA rows' tolerance)"),
+    "keeps CA": Margin(0.05, "SFT 'keeps' CA when it ends within 0.05 of the backdoored model's (the CA rows' "
+                             "tolerance)"),
     "limited CA range": Margin(0.05, "Fig. 7's 'limited impact' on CA: at most 0.05 between set sizes"),
 }
 EFFECT, TIE, AGAINST, LEFT_OUT = "effect", "tie", "against", "left out"

@@ -58,7 +58,8 @@ def transfer(root: Path, attack: str, d: str, asr: float = 0.05, ca1: float = 0.
 
 def encoder(root: Path, pre: str, down: str, classifier: float, whole1: float) -> None:
     put(root, f"encoder/{pre}/{down}/classifier.json", {"final": {"asr": classifier}, "history": history(1)})
-    put(root, f"encoder/{pre}/{down}/whole.json", {"final": {"asr": whole1}, "history": history(1, {1: {"asr": whole1}})})
+    put(root, f"encoder/{pre}/{down}/whole.json",
+        {"final": {"asr": whole1}, "history": history(1, {1: {"asr": whole1}})})
 
 
 def point(root: Path, rel: str, final: dict, at: dict[int, dict] | None = None, run: str = "cifar10/badnets") -> None:
@@ -67,7 +68,8 @@ def point(root: Path, rel: str, final: dict, at: dict[int, dict] | None = None, 
 
 
 def fig7(root: Path, cas: list[float], asrs: list[float], run: str = "cifar10/blended") -> None:
-    files = [f"ablation/sft_frac{f:g}_max0.1.json" for f in (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)] + ["sft.json"]
+    fractions = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+    files = [f"ablation/sft_frac{f:g}_max0.1.json" for f in fractions] + ["sft.json"]
     for f, ca, asr in zip(files, cas, asrs):
         point(root, f, {"ca": ca, "asr": asr}, run=run)
 
@@ -108,12 +110,14 @@ WORLDS: dict[str, dict[str, World]] = {
     "encoder-whole-ft-removes": {
         "holds": (lambda r: (encoder(r, "cifar10", "stl10", 0.998, 0.05), encoder(r, "stl10", "cifar10", 0.002, 0.01)),
                   HOLDS, "removed within one epoch; STL10 -> CIFAR10 had nothing to remove and is left out"),
-        "does not hold": (lambda r: encoder(r, "cifar10", "stl10", 0.99, 0.90), FAILS, "0.90 after one epoch is not removed"),
+        "does not hold": (lambda r: encoder(r, "cifar10", "stl10", 0.99, 0.90), FAILS,
+                          "0.90 after one epoch is not removed"),
         "tie": (lambda r: encoder(r, "stl10", "cifar10", 0.002, 0.010), NOT_RUN,
                 "the paper's own Fig. 2 case: classifier-only already at 0.002, nothing to remove"),
     },
     "transfer-sft-asr-le-ft": {
-        "holds": (lambda r: (transfer(r, "badnets", "sft", 0.05), transfer(r, "badnets", "ft", 0.40)), HOLDS, "0.05 < 0.40"),
+        "holds": (lambda r: (transfer(r, "badnets", "sft", 0.05), transfer(r, "badnets", "ft", 0.40)), HOLDS,
+                  "0.05 < 0.40"),
         "does not hold": (lambda r: (transfer(r, "badnets", "sft", 0.30), transfer(r, "badnets", "ft", 0.10)), FAILS,
                           "SFT higher"),
         "tie": (lambda r: (transfer(r, "badnets", "sft", 0.010), transfer(r, "badnets", "ft", 0.011)), FAILS,
@@ -195,7 +199,8 @@ WORLDS: dict[str, dict[str, World]] = {
     },
     "fig6-nc-costliest": {
         "holds": (lambda r: cost(r, {**{d: 0.1 for d in DEFENCES}, "nc": 1.0}), HOLDS, "NC 1.0 h, next 0.1"),
-        "does not hold": (lambda r: cost(r, {**{d: 0.1 for d in DEFENCES}, "nc": 1.0, "abl": 2.0}), FAILS, "ABL costlier"),
+        "does not hold": (lambda r: cost(r, {**{d: 0.1 for d in DEFENCES}, "nc": 1.0, "abl": 2.0}), FAILS,
+                          "ABL costlier"),
         "tie": (lambda r: cost(r, {**{d: 0.1 for d in DEFENCES}, "nc": 1.0, "abl": 0.95}), FAILS,
                 "ABL within the factor: a tie"),
     },
@@ -222,7 +227,8 @@ WORLDS: dict[str, dict[str, World]] = {
                 "0.02 lower is within the ASR margin: not forgotten"),
     },
     "fig8-large-lr-faster": {
-        "holds": (lambda r: fig8(r, {"e1": {"asr": 0.95}}, {}, {"e1": {"asr": 0.05}}), HOLDS, "0.05 vs 0.95 at epoch 1"),
+        "holds": (lambda r: fig8(r, {"e1": {"asr": 0.95}}, {}, {"e1": {"asr": 0.05}}), HOLDS,
+                  "0.05 vs 0.95 at epoch 1"),
         "does not hold": (lambda r: fig8(r, {"e1": {"asr": 0.95}}, {}, {"e1": {"asr": 0.6}}), FAILS,
                           "0.6 after one epoch is not removed"),
         "tie": (lambda r: fig8(r, {"e1": {"asr": 0.05}}, {}, {"e1": {"asr": 0.05}}), FAILS,
@@ -359,7 +365,8 @@ NUMBER_WORLDS = {
     "s6.1-mia-abl-blended-cifar10": (lambda r, v: put(r, "cifar10/blended/mia/abl.json", {"accuracy": v}),
                                      [(0.80, "within 0.05"), (0.70, "off"), (0.765, "within 0.05")]),
     "s1-reinject-clean-badnets-cifar10-r0.1-epochs": (
-        lambda r, v: reinject(r, "clean", 0.0, v, ratio="0.1"), [(7, "within 1 epoch"), (10, "off"), (8, "within 1 epoch")]),
+        lambda r, v: reinject(r, "clean", 0.0, v, ratio="0.1"),
+        [(7, "within 1 epoch"), (10, "off"), (8, "within 1 epoch")]),
     # NC's whole run over SFT charged at 15 epochs (paper 0.997 / 0.147 = 6.782); 2x is on the line.
     "s5.4-nc-over-sft-badnets-cifar100-hours-ratio": (
         lambda r, v: cost(r, {"nc": v * 0.01, "sft": 0.01}, run="cifar100/badnets"),
