@@ -239,7 +239,8 @@ def number_row(entry: dict, results: Results | list[Results], scope: Scope) -> d
         return {**row, "verdict": verdict(entry["metric"], entry["paper"], None),
                 "detail": f"{sum(v is None for v in values)} of {len(values)} seeds never reached it"}
     mean, sd, _ = spread(values)
-    return {**row, "ours": mean, "ours_sd": sd, "diff": mean - entry["paper"],
+    info = entry["metric"] == "GPU-hours"  # absolute hours: no difference to read
+    return {**row, "ours": mean, "ours_sd": sd, "diff": None if info else mean - entry["paper"],
             "verdict": verdict(entry["metric"], entry["paper"], mean)}
 
 
@@ -368,6 +369,8 @@ def conclude(cases: list[Case], quantifier: str, unit: str, missing: int = 0) ->
     detail = (f"{k[EFFECT]} of {len(judged)} {unit} show it, {k[TIE]} tie, {k[AGAINST]} against "
               f"(needs {QUANTIFIER_TEXT[quantifier]}); judged: "
               + "; ".join(f"{c.name} {c.outcome} ({c.text})" for c in judged) + tail)
+    if not ok and not k[AGAINST]:  # failed on ties alone: say so first, so a tie never reads as a contradiction
+        detail = "tie (no effect where the paper claims one): " + detail
     return ("holds" if ok else "does not hold"), detail
 
 

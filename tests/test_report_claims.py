@@ -289,6 +289,7 @@ def test_claim_world(tmp_path, cid, world):
     build(tmp_path)
     row = report.claim_row(CLAIMS[cid], SCOPE, report.Results(tmp_path))
     assert row["verdict"] == expected, f"{why}: {row['detail']}"
+    assert row["detail"].startswith("tie") is (world.endswith("tie") and expected == FAILS), row["detail"]
     assert row["quote"] and row["quote"] in CLAIMS[cid]["quote"]
 
 
@@ -388,7 +389,11 @@ def test_number_rows_of_each_metric(tmp_path, nid):
 def test_absolute_hours_are_for_information_and_charged_like_figure6(tmp_path):
     cost(tmp_path, {"nc": 0.997, "sft": 0.02}, run="cifar100/badnets")  # SFT's whole run: 0.12 h; charged: 0.02 h
     row = _row(tmp_path, "s5.4-sft-badnets-cifar100-hours")
-    assert row["verdict"] == "for information" and row["ours"] == pytest.approx(0.02)
+    assert row["verdict"] == "for information" and row["ours"] == pytest.approx(0.02) and row["diff"] is None
+    ratio = _row(tmp_path, "s5.4-nc-over-sft-badnets-cifar100-hours-ratio")
+    assert ratio["ours"] == pytest.approx(0.997 / 0.02) and ratio["verdict"] == "off"  # 49.9 vs the paper's 6.78
+    assert ratio["key"] == ("cifar100/badnets/nc.json : charged_hours(nc) / "
+                            "cifar100/badnets/sft.json : charged_hours(sft)")
 
 
 def test_reinjection_minimum_reads_only_models_that_removed_the_backdoor(tmp_path):
