@@ -7,6 +7,7 @@ artifacts/report/<profile>/REPRODUCTION.md and index.html (paths: experiments/pa
 "not run" with the make target that writes it; the report never fails for want of results.
 The paper's side lives in experiments/paper_numbers.json. With several seeds (--set seeds=0,1)
 it reads each seed's directory: ours = mean +- sample std (ddof=1) and n, each claim checked per seed.
+What each verdict means, and the margins (MARGINS, LINES) with their sources: docs/report.md.
 """
 from __future__ import annotations
 
@@ -661,6 +662,8 @@ def claim_problems(c: dict) -> list[str]:
             bad.append(f"line {cond['line']!r} (valid: {', '.join(LINES)})")
         if "metric" in cond and cond["metric"] not in MARGINS:
             bad.append(f"metric {cond['metric']!r} (valid: {', '.join(MARGINS)})")
+    bad += [f"defence {d!r} (valid: {', '.join(DEFENCE_NAMES)})"
+            for d in p.get("defences", ()) if d not in DEFENCE_NAMES]
     if not c.get("quote"):
         bad.append("no quote of the paper's sentence")
     return [f"{c['id']}: {b}" for b in bad]

@@ -346,9 +346,11 @@ def test_a_claim_with_an_unknown_quantifier_or_line_fails_in_one_line(tmp_path):
     spec = json.loads(report.SPEC.read_text())
     spec["claims"][0]["params"]["quantifier"] = "usually"
     spec["claims"][1]["params"]["require"][0]["metric"] = "loss"
+    next(c for c in spec["claims"] if c["check"] == "lowest")["params"]["defences"].append("magic")
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps(spec))
-    with pytest.raises(ValueError, match=r"quantifier 'usually' \(valid: every, most.*metric 'loss' \(valid: ASR"):
+    with pytest.raises(ValueError, match=r"quantifier 'usually' \(valid: every, most.*metric 'loss' \(valid: ASR"
+                                         r".*defence 'magic' \(valid: abl"):
         report.load_spec(bad)
 
 
