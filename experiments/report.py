@@ -327,6 +327,7 @@ def compare(a: float, op: str, b: float, metric: str) -> str:
     """a op b with the metric's margin: `<`/`>` need the margin (within it: tie); `<=`/`>=` allow it."""
     m = MARGINS[metric].value
     if metric == "GPU-hours":  # a factor
+        a, b = a + 1e-12, b + 1e-12  # a zero charge (an empty run) stays comparable
         d = math.log(b / a) if op in ("<", "<=") else math.log(a / b)
         m = math.log(m)
     else:

@@ -326,6 +326,10 @@ def test_margins_are_named_once_with_their_source():
     assert all(len(m.source) > 20 for m in [*report.MARGINS.values(), *report.LINES.values()])
     assert report.compare(0.010, "<", 0.011, "ASR") == report.TIE  # 0.001 is never an effect
     assert report.compare(0.0, "<", 0.0500001, "ASR") == report.EFFECT
+    assert report.compare(0.05, "<", 0.06, "GPU-hours") == report.TIE  # exactly the 1.2 factor: a tie
+    assert report.compare(0.05, "<", 0.0601, "GPU-hours") == report.EFFECT
+    assert report.compare(0.0601, "<", 0.05, "GPU-hours") == report.AGAINST
+    assert report.compare(0.0, "<", 0.01, "GPU-hours") == report.EFFECT  # a zero charge does not crash
 
 
 @pytest.mark.parametrize("eff,tie,against,most,almost", [
