@@ -7,6 +7,7 @@ artifacts/report/<profile>/REPRODUCTION.md and index.html (paths: experiments/pa
 "not run" with the make target that writes it; the report never fails for want of results.
 The paper's side lives in experiments/paper_numbers.json. With several seeds (--set seeds=0,1)
 it reads each seed's directory: ours = mean +- sample std (ddof=1) and n, each claim checked per seed.
+What each verdict means, and the margins (MARGINS, LINES) with their sources: docs/report.md.
 """
 from __future__ import annotations
 
@@ -26,11 +27,12 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from backdoor.checkpoint import atomic_write_bytes
+from backdoor.data import SOURCES
 from defenses import DEFENSES
 from experiments import paths
 from experiments.common import run_main
 from experiments.profiles import Profile, add_profile_args, resolve as resolve_profile, seed_runs
-from experiments.summary import spread
+from experiments.summary import charged_hours, spread
 from experiments.sweeps import SweepConfig, figure_points, read_point
 
 SPEC = Path(__file__).with_name("paper_numbers.json")
@@ -45,11 +47,13 @@ LAYOUTS = {
     "encoder": paths.relative("downstream", "encoder_dir", downstream=_F["dataset"], **_F),
     "ablation": paths.relative("ablation", **_F),
 }
-# Absolute tolerance per metric; GPU-hours compare as a ratio (the paper's DGX-A100 is not our device).
+# Absolute tolerance per metric. Absolute GPU-hours are shown for information only (the paper's DGX-A100 and
+# its engine are not ours); ratios of two defences' hours on one clock carry across and compare within 2x.
 TOLERANCE = {"CA": 0.05, "ASR": 0.05, "MIA accuracy": 0.05, "epochs": 1}
 HOURS_FACTOR = 2.0
-NUMBER_VERDICTS = ("within 0.05", "within 1 epoch", "within 2x", "off", "not run yet", "not in profile",
-                   "not comparable")
+METRICS = (*TOLERANCE, "GPU-hours", "GPU-hours ratio")
+NUMBER_VERDICTS = ("within 0.05", "within 1 epoch", "within 2x", "off", "for information", "not run yet",
+                   "not in profile", "not comparable")
 CLAIM_VERDICTS = ("holds", "does not hold", "not run")
 DEFENCE_NAMES = tuple(sorted(DEFENSES))
 
@@ -165,6 +169,8 @@ def verdict(metric: str, paper: float, ours: Optional[float]) -> str:
     if ours is None:
         return "off"  # e.g. the re-injected ASR never reached 0.8
     if metric == "GPU-hours":
+        return "for information"
+    if metric == "GPU-hours ratio":
         ok = ours > 0 and 1 / HOURS_FACTOR <= ours / paper <= HOURS_FACTOR
         return "within 2x" if ok else "off"
     tol = TOLERANCE[metric]
@@ -180,18 +186,32 @@ def reduce_values(values: list[Optional[float]], how: str) -> Optional[float]:
     return None if len(reached) < len(values) else max(reached)
 
 
-def our_value(entry: dict, results: Results) -> tuple[str, Optional[float], str]:
+def field_value(record: dict, spec: dict, scope: Scope) -> Any:
+    """A result's field; `charged_hours` is `spec["charge"]`'s device-hours at the profile's Fig. 6 budget."""
+    if spec["field"] == "charged_hours":
+        return charged_hours(record, scope.profile.charge_epochs.get(spec["charge"]))
+    return resolve(record, spec["field"])
+
+
+def our_value(entry: dict, results: Results, scope: Scope) -> tuple[str, Optional[float], str]:
     """(status, value, detail); status is ok, missing or bad (the file exists but lacks the field)."""
     res = entry["result"]
     over = res.get("over", {})
     files = [res["file"].format(**{k: v for k, v in zip(over, combo)})
              for combo in zip(*over.values())] if over else [res["file"]]
+    files += [res["divide_by"]["file"]] if "divide_by" in res else []
     records = [results.get(f) for f in files]
     if any(r is None for r in records):
         return "missing", None, next(f for f, r in zip(files, records) if r is None)
     try:
-        values = [resolve(r, res["field"]) for r in records]
-    except (KeyError, IndexError, TypeError) as e:
+        if "divide_by" in res:
+            return "ok", field_value(records[0], res, scope) / field_value(records[1], res["divide_by"], scope), ""
+        if res.get("removed_only"):  # a model that never removed the backdoor "re-learns" it at epoch 0
+            records = [r for r in records if removed(r)]
+            if not records:
+                return "bad", None, "no defended model removed the backdoor (epoch-0 ASR <= the removed line)"
+        values = [field_value(r, res, scope) for r in records]
+    except (KeyError, IndexError, TypeError, ValueError, ZeroDivisionError) as e:
         return "bad", None, f"{res['field']}: {e}"
     return "ok", reduce_values(values, res["reduce"]) if over else values[0], ""
 
@@ -202,12 +222,12 @@ def number_row(entry: dict, results: Results | list[Results], scope: Scope) -> d
     row = {"id": entry["id"], "section": entry["section"], "figure": entry["figure"], "metric": entry["metric"],
            "setting": setting_text(entry["setting"]), "paper": entry["paper"], "ours": None, "ours_sd": None,
            "n": len(seeds), "diff": None,
-           "key": f"{entry['result']['file']} : {entry['result']['field']}", "detail": "",
+           "key": key_text(entry["result"]), "detail": "",
            "quote": entry["quote"] + (f" [note: {entry['note']}]" if entry.get("note") else "")}
     reason = not_in_profile(entry["setting"], scope)
     if reason:
         return {**row, "verdict": "not in profile", "detail": reason}
-    outs = [our_value(entry, r) for r in seeds]
+    outs = [our_value(entry, r, scope) for r in seeds]
     where = (lambda r: f"{r.root.name}/") if len(seeds) > 1 else (lambda r: "")  # noqa: E731
     for want, shown in (("missing", "not run yet"), ("bad", "not comparable")):
         hit = next(((r, o) for r, o in zip(seeds, outs) if o[0] == want), None)
@@ -220,28 +240,139 @@ def number_row(entry: dict, results: Results | list[Results], scope: Scope) -> d
         return {**row, "verdict": verdict(entry["metric"], entry["paper"], None),
                 "detail": f"{sum(v is None for v in values)} of {len(values)} seeds never reached it"}
     mean, sd, _ = spread(values)
-    return {**row, "ours": mean, "ours_sd": sd, "diff": mean - entry["paper"],
+    info = entry["metric"] == "GPU-hours"  # absolute hours: no difference to read
+    return {**row, "ours": mean, "ours_sd": sd, "diff": None if info else mean - entry["paper"],
             "verdict": verdict(entry["metric"], entry["paper"], mean)}
+
+
+def key_text(res: dict) -> str:
+    """Where ours is read: file : field, over the divisor's for a ratio."""
+    one = lambda r: f"{r['file']} : {r['field']}" + (f"({r['charge']})" if "charge" in r else "")  # noqa: E731
+    return one(res) + (f" / {one(res['divide_by'])}" if "divide_by" in res else "")
 
 
 def setting_text(s: dict) -> str:
     return ", ".join(f"{k} {v}" for k, v in s.items() if k != "scenario") + f" ({s['scenario']})"
 
 
-# ---- claims ----------------------------------------------------------------------------------
+# ---- claims: what counts as an effect ----------------------------------------------------------
 Outcome = tuple[str, str]
 NOT_IN_PROFILE = "not in profile"  # a check's status when the profile has no case of it; shown as "not run"
-OPS: dict[str, Callable[[float, float], bool]] = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b,
-                                                  ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
 
 
-def tally(passed: list[bool], total: int, share: float, what: str, fails: list[str]) -> tuple[str, str]:
-    """holds if the passing share of the evaluated cases reaches `share` (1.0 = every case)."""
-    n, k = len(passed), sum(passed)
-    ok = k == n if share >= 1 else k / n >= share
-    detail = f"{k}/{n} {what}" + ("" if n == total else f" ({total - n} of {total} not run)")
-    if fails:
-        detail += "; fails: " + ", ".join(fails[:4]) + (" ..." if len(fails) > 4 else "")
+@dataclass(frozen=True)
+class Margin:
+    """A number a claim check compares against, and where it comes from (docs/report.md)."""
+
+    value: float
+    source: str
+
+
+# The smallest difference between two of our values that counts as an effect; within it, a tie.
+MARGINS: dict[str, Margin] = {
+    "ASR": Margin(0.05, "seed-to-seed: smoke BadNets backdoored ASR 0.944 vs 0.997 (seeds 0, 1; README 'Seeds'); "
+                        "also the ASR rows' tolerance"),
+    "CA": Margin(0.02, "the largest CA gap between two runs of one setting measured: 0.018 (demo InputAware SFT, "
+                       "0.967 vs 0.985, two fresh clones; README); seeds 0, 1 moved CA by at most 0.002"),
+    "MIA accuracy": Margin(0.02, "about 3 sampling SDs of the difference of two accuracies on CIFAR10's 10,000 MIA "
+                                 "evaluation images (sqrt(2 * 0.25 / 10000) = 0.007)"),
+    "epochs": Margin(1, "re-injection counts whole epochs: the same epoch is a tie"),
+    "GPU-hours": Margin(1.2, "a factor: make bench's interleaved rounds differed by 4% on a quiet box (README Speed); "
+                             "make demo runs two steps at once on 2 loaded cores, so 20%"),
+}
+# Fixed lines a single value is held against (inclusive: a value on the line counts for the paper's side).
+LINES: dict[str, Margin] = {
+    "removed": Margin(0.2, "ASR at or below which a backdoor is removed: the paper calls 0.127 (Fig. 2) and 0.096 "
+                           "(Fig. 3) removed, and FT's 0.221 'can only decrease'"),
+    "high": Margin(0.5, "ASR at or above which a backdoor 'remains high': the paper's examples are 0.896-0.988, its "
+                        "removed ones 0.004-0.127; 0.5 is halfway"),
+    "collapsed": Margin(0.1, "a model with CA at most 0.1 above chance (1/classes) has collapsed: NAD at lr 0.01 on "
+                             "digits fell to CA 0.10 (experiments/profiles.py); AC's 0.672 -> 0.582 is far above it"),
+    "keeps CA": Margin(0.05, "SFT 'keeps' CA when it ends within 0.05 of the backdoored model's (the CA rows' "
+                             "tolerance)"),
+    "limited CA range": Margin(0.05, "Fig. 7's 'limited impact' on CA: at most 0.05 between set sizes"),
+}
+EFFECT, TIE, AGAINST, LEFT_OUT = "effect", "tie", "against", "left out"
+
+
+def _almost_all(eff: int, tie: int, against: int) -> bool:
+    n = eff + tie + against
+    return n - eff <= max(1, int(0.1 * n)) and 2 * eff > n  # "almost all" is at least "most"
+
+
+# How many judged cases must show the effect. A tie is never the effect; "none against" tolerates ties.
+QUANTIFIERS: dict[str, Callable[[int, int, int], bool]] = {
+    "every": lambda eff, tie, against: tie == 0 and against == 0,
+    "most": lambda eff, tie, against: 2 * eff > eff + tie + against,
+    "almost all": _almost_all,
+    "none against": lambda eff, tie, against: against == 0 and eff >= 1,
+    "most, none against": lambda eff, tie, against: against == 0 and 2 * eff > eff + tie + against,
+}
+QUANTIFIER_TEXT = {"every": "every case", "most": "more than half of the cases",
+                   "almost all": "all but max(1, 10%) of the cases, and more than half",
+                   "none against": "no case against and at least one with the effect (ties allowed)",
+                   "most, none against": "more than half of the cases and none against (ties allowed)"}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One judged (dataset, attack)-like case: its name, outcome (effect, tie, against, left out) and numbers."""
+
+    name: str
+    outcome: str
+    text: str
+
+
+def compare(a: float, op: str, b: float, metric: str) -> str:
+    """a op b with the metric's margin: `<`/`>` need the margin (within it: tie); `<=`/`>=` allow it."""
+    m = MARGINS[metric].value
+    if metric == "GPU-hours":  # a factor
+        a, b = a + 1e-12, b + 1e-12  # a zero charge (an empty run) stays comparable
+        d = math.log(b / a) if op in ("<", "<=") else math.log(a / b)
+        m = math.log(m)
+    else:
+        d = b - a if op in ("<", "<=") else a - b
+    if op in ("<=", ">="):
+        return EFFECT if d >= -m - 1e-9 else AGAINST
+    return EFFECT if d > m + 1e-9 else TIE if d >= -m - 1e-9 else AGAINST
+
+
+def condition(vals: dict, c: dict) -> str:
+    """One condition of a claim on a case's values: against a line, a value minus a line, or a value with a margin."""
+    a = vals[c["left"]]
+    if "line" in c:
+        line = LINES[c["line"]].value
+        b = vals[c["right"]] - line if "right" in c else line
+        ok = a <= b + 1e-9 if c["op"] == "<=" else a >= b - 1e-9
+        return EFFECT if ok else AGAINST
+    return compare(a, c["op"], vals[c["right"]], c["metric"])
+
+
+def judge_case(name: str, vals: dict, p: dict) -> Case:
+    """Left out when a `skip` condition holds; else the worst outcome of the `require` conditions."""
+    text = ", ".join(f"{k} {v:.3f}" for k, v in vals.items())
+    for s in p.get("skip", ()):
+        if condition(vals, s) == EFFECT:
+            return Case(name, LEFT_OUT, f"{s['why']} ({text})")
+    outs = [condition(vals, c) for c in p["require"]]
+    worst = AGAINST if AGAINST in outs else TIE if TIE in outs else EFFECT
+    return Case(name, worst, text)
+
+
+def conclude(cases: list[Case], quantifier: str, unit: str, missing: int = 0) -> Outcome:
+    """The verdict over the judged cases, with every judged case named and every left-out one explained."""
+    judged = [c for c in cases if c.outcome != LEFT_OUT]
+    out = [f"{c.name}: {c.text}" for c in cases if c.outcome == LEFT_OUT]
+    tail = (f"; left out {len(out)}: " + "; ".join(out) if out else "") + (f"; {missing} not run" if missing else "")
+    if not judged:
+        return "not run", "nothing left to compare" + tail
+    k = Counter(c.outcome for c in judged)
+    ok = QUANTIFIERS[quantifier](k[EFFECT], k[TIE], k[AGAINST])
+    detail = (f"{k[EFFECT]} of {len(judged)} {unit} show it, {k[TIE]} tie, {k[AGAINST]} against "
+              f"(needs {QUANTIFIER_TEXT[quantifier]}); judged: "
+              + "; ".join(f"{c.name} {c.outcome} ({c.text})" for c in judged) + tail)
+    if not ok and not k[AGAINST]:  # failed on ties alone: say so first, so a tie never reads as a contradiction
+        detail = "tie (no effect where the paper claims one): " + detail
     return ("holds" if ok else "does not hold"), detail
 
 
@@ -276,57 +407,27 @@ def side(spec: dict, run: dict, results: Results) -> Optional[float]:
         return None
 
 
-def check_compare(p: dict, scope: Scope, results: Results) -> Outcome:
-    """left op (right + offset) or left op value, per run."""
-    todo = runs(scope, p["scope"], p.get("dataset"), p.get("attacks"))
+def judge_runs(p: dict, scope: Scope, todo: list[dict], values: Callable[[dict], Optional[dict]]) -> Outcome:
+    """Each run's values (None: its results are missing) judged by `p`'s conditions, then `p`'s quantifier."""
     if not todo:
         return NOT_IN_PROFILE, f"profile {scope.name} runs none of {', '.join(p.get('attacks') or ['these'])}"
-
-    def judge(run: dict) -> Optional[tuple[bool, str]]:
-        a = side(p["left"], run, results)
-        b = side(p["right"], run, results) if "right" in p else p["value"]
-        if a is None or b is None:
-            return None
-        b += p.get("offset", 0.0)
-        return OPS[p["op"]](a, b), f"{a:.3f} vs {b:.3f}"
-
-    return judge_runs(todo, judge, p, "no results")
-
-
-def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
-    """`who` has the lowest `field` among the defences that ran, per run."""
-    todo, passed, fails = runs(scope, p["scope"], p.get("dataset")), [], []
+    cases = []
     for run in todo:
-        vals = {d: side({"file": paths.in_run("result", defense=d), "field": p["field"]}, run, results)
-                for d in DEFENCE_NAMES}
-        vals = {d: v for d, v in vals.items() if v is not None}
-        if p["who"] not in vals or len(vals) < 2:
-            continue
-        best = min(vals, key=vals.get)
-        passed.append(vals[p["who"]] <= vals[best])
-        if not passed[-1]:
-            fails.append(f"{run['name']}: {best} {vals[best]:.3f} < {p['who']} {vals[p['who']]:.3f}")
-    if not passed:
-        return "not run", f"no runs with {p['who']} and another defence"
-    what = f"attacks (of {len(DEFENCE_NAMES)} defences, those run)"
-    return tally(passed, len(todo), p.get("share", 1.0), what, fails)
+        vals = values(run)
+        if vals is not None:
+            cases.append(judge_case(run["name"], vals, p))
+    if not cases:
+        return "not run", f"no results for {len(todo)} case(s): {', '.join(r['name'] for r in todo)}"
+    return conclude(cases, p["quantifier"], "cases", len(todo) - len(cases))
 
 
-def check_cost(p: dict, scope: Scope, results: Results) -> Outcome:
-    """Median device-hours per defence over every standalone run; `who` is the lowest or highest."""
-    hours: dict[str, list[float]] = {}
-    for run in runs(scope, "standalone"):
-        for d in DEFENCE_NAMES:
-            v = side({"file": paths.in_run("result", defense=d), "field": "device_hours"}, run, results)
-            if v is not None:
-                hours.setdefault(d, []).append(v)
-    med = {d: statistics.median(v) for d, v in hours.items()}
-    if p["who"] not in med or len(med) < 2:
-        return "not run", f"device-hours for {', '.join(sorted(med)) or 'no defence'}"
-    pick = (min if p["rank"] == "lowest" else max)(med, key=med.get)
-    detail = "median h: " + ", ".join(f"{d} {med[d]:.2g}" for d in sorted(med, key=med.get))
-    ok = med[p["who"]] == med[pick]
-    return ("holds" if ok else "does not hold"), detail + f" ({len(med)} defences)"
+def check_compare(p: dict, scope: Scope, results: Results) -> Outcome:
+    """`p`'s conditions on values read from each run's files."""
+    def values(run: dict) -> Optional[dict]:
+        vals = {k: side(s, run, results) for k, s in p["values"].items()}
+        return None if any(v is None for v in vals.values()) else vals
+
+    return judge_runs(p, scope, runs(scope, p["scope"], p.get("dataset"), p.get("attacks")), values)
 
 
 def point_value(results: Results, run: dict, point, scope: Scope, fld: str, epoch: Optional[int]) -> Optional[float]:
@@ -338,39 +439,110 @@ def point_value(results: Results, run: dict, point, scope: Scope, fld: str, epoc
 
 
 def check_ablation(p: dict, scope: Scope, results: Results) -> Outcome:
-    """Fig. 7-9: the first vs the last point of the sweep (op), or the spread over all points (range)."""
+    """Fig. 7-9: `p`'s conditions on sweep points (first, middle, last) or the range over all of them."""
     if scope.sweeps is None:
         return "not run", f"profile {scope.name} has no sweep sizes"
     points = figure_points(p["fig"], scope.profile, scope.sweeps)
-    todo = runs(scope, "standalone", attacks=p.get("attacks"))
-    if not todo:
-        return NOT_IN_PROFILE, f"profile {scope.name} runs none of {', '.join(p.get('attacks') or ['these'])}"
+    at = {"first": 0, "middle": len(points) // 2, "last": len(points) - 1}
+    if any(s.get("point") == "middle" for s in p["values"].values()) and len(points) < 3:
+        return NOT_IN_PROFILE, f"profile {scope.name} sweeps {len(points)} points for Fig. {p['fig']}, no middle one"
 
-    def judge(run: dict) -> Optional[tuple[bool, str]]:
-        vals = [point_value(results, run, pt, scope, p["field"], p.get("epoch")) for pt in points]
-        if any(v is None for v in vals):
-            return None
-        if p["mode"] == "range":
-            return max(vals) - min(vals) <= p["max_range"], f"range {max(vals) - min(vals):.3f}"
-        return OPS[p["op"]](vals[0], vals[-1]), f"{points[0].name} {vals[0]:.3f}, {points[-1].name} {vals[-1]:.3f}"
+    def values(run: dict) -> Optional[dict]:
+        vals = {}
+        for k, s in p["values"].items():
+            pts = points if s["point"] == "all" else [points[at[s["point"]]]]
+            got = [point_value(results, run, pt, scope, s["field"], s.get("epoch")) for pt in pts]
+            if any(v is None for v in got):
+                return None
+            vals[k] = max(got) - min(got) if s["point"] == "all" else got[0]
+        return vals
 
-    return judge_runs(todo, judge, p, "no complete sweep")
+    return judge_runs(p, scope, runs(scope, "standalone", p.get("dataset"), p.get("attacks")), values)
 
 
-def judge_runs(todo: list[dict], judge: Callable[[dict], Optional[tuple[bool, str]]], p: dict,
-               missing: str) -> Outcome:
-    """Tally `judge(run)` ((ok, text), or None when the run's results are missing) over the runs."""
-    passed, fails = [], []
+def all_defences(p: dict, ran: set[str]) -> Optional[str]:
+    """Why a comparison among all the paper's defences cannot be made with the defences that ran, or None."""
+    missing = [d for d in p["defences"] if d not in ran]
+    if not missing:
+        return None
+    return (f"the paper compares {len(p['defences'])} defences ({', '.join(p['defences'])}); only "
+            f"{', '.join(sorted(ran)) or 'none'} ran (missing {', '.join(missing)})")
+
+
+def collapsed(ca: float, dataset: str) -> bool:
+    """CA within the `collapsed` line of chance (1 / the dataset's classes)."""
+    return ca <= 1 / SOURCES[dataset].num_classes + LINES["collapsed"].value + 1e-9
+
+
+def lowest_case(run: dict, vals: dict[str, dict], who: str) -> Case:
+    """`who` has the lowest ASR and, among the defences within the ASR margin of it, the highest CA."""
+    alive = {d: v for d, v in vals.items() if not collapsed(v["ca"], run["dataset"])}
+    gone = sorted(set(vals) - set(alive))
+    note = f"; {len(gone)} collapsed, left out: {', '.join(gone)}" if gone else ""
+    me = vals[who]
+    text = ", ".join(f"{d} {v['ca']:.3f}/{v['asr']:.3f}" for d, v in sorted(vals.items())) + " (CA/ASR)" + note
+    if who not in alive:
+        return Case(run["name"], AGAINST, f"{who} collapsed: " + text)
+    outs = []
+    for d, v in alive.items():
+        if d != who:
+            asr = compare(me["asr"], "<", v["asr"], "ASR")  # effect: who's ASR is lower by the margin
+            outs.append(asr if asr != TIE else compare(me["ca"], ">", v["ca"], "CA"))
+    worst = AGAINST if AGAINST in outs else TIE if TIE in outs else EFFECT
+    return Case(run["name"], worst, text)
+
+
+def check_lowest(p: dict, scope: Scope, results: Results) -> Outcome:
+    """Fig. 5: per attack, `who` beats every other defence that ran and did not collapse (ASR, then CA)."""
+    todo, cases, ran = runs(scope, p["scope"], p.get("dataset")), [], set()
     for run in todo:
-        verdict = judge(run)
-        if verdict is None:
-            continue
-        passed.append(verdict[0])
-        if not verdict[0]:
-            fails.append(f"{run['name']} {verdict[1]}")
-    if not passed:
-        return "not run", f"{missing} for {len(todo)} case(s)"
-    return tally(passed, len(todo), p.get("share", 1.0), "cases", fails)
+        vals = {d: {k: side({"file": paths.in_run("result", defense=d), "field": f"final.{k}"}, run, results)
+                    for k in ("ca", "asr")} for d in DEFENCE_NAMES}
+        vals = {d: v for d, v in vals.items() if None not in v.values()}
+        ran |= set(vals)
+        if p["who"] in vals and len(vals) > 1:
+            cases.append((run, vals))
+    why = all_defences(p, ran)
+    if why or not cases:
+        return "not run", why or f"no run with {p['who']} and another defence"
+    return conclude([lowest_case(r, v, p["who"]) for r, v in cases], p["quantifier"], "attacks",
+                    len(todo) - len(cases))
+
+
+def cost_hours(scope: Scope, results: Results) -> tuple[dict[str, list[float]], list[str], list[str]]:
+    """Charged device-hours (Fig. 6's budget, `charged_hours`) per defence over the runs where every defence that
+    ran anywhere has a result, those runs' names, and the runs left out."""
+    charge, per_run = scope.profile.charge_epochs, {}
+    for run in runs(scope, "standalone"):
+        hours = {}
+        for d in DEFENCE_NAMES:
+            rec = results.get(f"{run['dir']}/{paths.in_run('result', defense=d)}")
+            try:
+                hours[d] = charged_hours(rec, charge.get(d)) if rec is not None else None
+            except (KeyError, ValueError):
+                hours[d] = None
+        per_run[run["name"]] = {d: h for d, h in hours.items() if h is not None}
+    ran = set().union(*per_run.values()) if per_run else set()
+    full = [n for n, h in per_run.items() if h and set(h) == ran]
+    return {d: [per_run[n][d] for n in full] for d in ran}, full, [n for n in per_run if n not in full]
+
+
+def check_cost(p: dict, scope: Scope, results: Results) -> Outcome:
+    """Fig. 6: `who`'s median charged device-hours is the lowest (highest) by the GPU-hours factor."""
+    hours, full, partial = cost_hours(scope, results)
+    why = all_defences(p, set(hours))
+    if why or not full:
+        return "not run", why or "no run where every defence has a result"
+    med = {d: statistics.median(v) for d, v in hours.items()}
+    op = "<" if p["rank"] == "lowest" else ">"
+    outs = {d: compare(med[p["who"]], op, med[d], "GPU-hours") for d in med if d != p["who"]}
+    worst = AGAINST if AGAINST in outs.values() else TIE if TIE in outs.values() else EFFECT
+    charged = ", ".join(f"{d} at {e} epochs" for d, e in scope.profile.charge_epochs.items())
+    text = ("median charged device-hours: " + ", ".join(f"{d} {med[d]:.3g}" for d in sorted(med, key=med.get))
+            + f" ({charged or 'every run in full'}); not {p['rank']} against: "
+            + (", ".join(d for d, o in outs.items() if o != EFFECT) or "none"))
+    skipped = f"; {len(partial)} runs without every defence left out: {', '.join(partial)}" if partial else ""
+    return conclude([Case(f"medians over {', '.join(full)}", worst, text + skipped)], "every", "comparison")
 
 
 def reinject_records(p: dict, scope: Scope, results: Results) -> list[tuple[str, str, dict]]:
@@ -383,46 +555,72 @@ def reinject_records(p: dict, scope: Scope, results: Results) -> list[tuple[str,
                     for m in ("clean", *DEFENCE_NAMES)}
             recs = {m: x for m, x in recs.items() if x is not None and x.get("history")}
             if recs:
-                out.append((a, r, recs))
+                out.append((f"{d}/{a}@{r}", r, recs))
     return out
 
 
+def removed(rec: dict) -> bool:
+    """The defended model's ASR before re-injection (epoch 0) is at or below the `removed` line."""
+    return epoch_record(rec["history"], 0)["asr"] <= LINES["removed"].value + 1e-9
+
+
+def faster_case(name: str, e: Optional[int], c: Optional[int]) -> Case:
+    """Re-injection into a defended model reaches ASR 0.8 at least the epoch margin sooner than into the clean one."""
+    text = f"{e if e is not None else 'never'} vs clean {c if c is not None else 'never'} epochs"
+    if e is None and c is None:
+        return Case(name, LEFT_OUT, "neither reaches ASR 0.8")
+    if e is None or c is None:
+        return Case(name, EFFECT if e is not None else AGAINST, text)
+    return Case(name, compare(e, "<", c, "epochs"), text)
+
+
 def check_reinject_faster(p: dict, scope: Scope, results: Results) -> Outcome:
-    passed, fails = [], []
-    never = math.inf
-    for a, r, recs in reinject_records(p, scope, results):
+    """Fig. 11: defended models that removed the backdoor re-learn it faster than the clean model."""
+    cases = []
+    for cell, _, recs in reinject_records(p, scope, results):
         if "clean" not in recs:
             continue
         c = recs["clean"]["epochs_to_asr_0.8"]
         for m, rec in recs.items():
-            e = rec["epochs_to_asr_0.8"]
-            if m == "clean" or (e is None and c is None):
+            if m == "clean":
                 continue
-            passed.append((never if e is None else e) < (never if c is None else c))
-            if not passed[-1]:
-                fails.append(f"{m} {a}@{r}: {e} vs clean {c}")
-    if not passed:
+            if not removed(rec):
+                asr0 = epoch_record(rec["history"], 0)["asr"]
+                cases.append(Case(f"{m} {cell}", LEFT_OUT, f"never removed the backdoor (ASR {asr0:.3f} at epoch 0)"))
+            else:
+                cases.append(faster_case(f"{m} {cell}", rec["epochs_to_asr_0.8"], c))
+    if not cases:
         return "not run", "no re-injection into the clean and a defended model"
-    return tally(passed, len(passed), p.get("share", 1.0), "(defence, attack, ratio) cases", fails)
+    return conclude(cases, p["quantifier"], "(defence, attack, ratio) cases")
 
 
 def check_reinject_not_most(p: dict, scope: Scope, results: Results) -> Outcome:
-    passed, fails = [], []
-    for a, r, recs in reinject_records(p, scope, results):
-        asr = {}
-        for m, rec in recs.items():
-            if m != "clean":
-                h = rec["history"]
-                asr[m] = epoch_record(h, min(p["epoch"], h[-1]["epoch"]))["asr"]
-        if p["who"] not in asr or len(asr) < 2:
+    """Fig. 11: `who`'s ASR after `epoch` re-injection epochs is not above every other defended model's."""
+    cases = []
+    for cell, _, recs in reinject_records(p, scope, results):
+        defended = {m: r for m, r in recs.items() if m != "clean"}
+        if p["who"] not in defended or len(defended) < 2:
             continue
-        top = max(v for m, v in asr.items() if m != p["who"])
-        passed.append(asr[p["who"]] <= top)
-        if not passed[-1]:
-            fails.append(f"{a}@{r}: {p['who']} {asr[p['who']]:.3f} > every other (max {top:.3f})")
-    if not passed:
+        if not removed(defended[p["who"]]):
+            cases.append(Case(cell, LEFT_OUT, f"{p['who']} never removed the backdoor"))
+            continue
+        gone = sorted(m for m, r in defended.items() if not removed(r))
+        asr = {m: epoch_record(r["history"], min(p["epoch"], r["history"][-1]["epoch"]))["asr"]
+               for m, r in defended.items() if m not in gone}
+        others = {m: v for m, v in asr.items() if m != p["who"]}
+        text = ", ".join(f"{m} {v:.3f}" for m, v in sorted(asr.items())) + (
+            f"; never removed, left out: {', '.join(gone)}" if gone else "")
+        if not others:
+            cases.append(Case(cell, LEFT_OUT, f"no other defended model removed the backdoor ({text})"))
+            continue
+        top = max(others.values())
+        mine = asr[p["who"]]
+        out = EFFECT if compare(mine, "<", top, "ASR") == EFFECT else (
+            AGAINST if compare(mine, ">", top, "ASR") == EFFECT else TIE)
+        cases.append(Case(cell, out, text))
+    if not cases:
         return "not run", f"no re-injection into {p['who']} and another defended model"
-    return tally(passed, len(passed), 1.0, "(attack, ratio) cases", fails)
+    return conclude(cases, p["quantifier"], "(attack, ratio) cases")
 
 
 CHECKS: dict[str, Callable[[dict, Scope, Results], Outcome]] = {
@@ -449,21 +647,39 @@ def claim_row(claim: dict, scope: Scope, results: Results | list[Results]) -> di
     elif status == NOT_IN_PROFILE:
         status, detail = "not run", f"not in this profile: {detail}"
     return {"id": claim["id"], "section": claim["section"], "figure": claim["figure"], "claim": claim["claim"],
-            "verdict": status, "detail": detail}
+            "quote": claim["quote"], "verdict": status, "detail": detail}
 
 
 # ---- spec, provenance ------------------------------------------------------------------------
+def claim_problems(c: dict) -> list[str]:
+    """What in one claim entry this module does not know (check, quantifier, line, metric, missing quote)."""
+    p, bad = c["params"], []
+    if c["check"] not in CHECKS:
+        bad.append(f"check {c['check']!r}")
+    if p.get("quantifier", "every") not in QUANTIFIERS:
+        bad.append(f"quantifier {p['quantifier']!r} (valid: {', '.join(QUANTIFIERS)})")
+    for cond in [*p.get("skip", ()), *p.get("require", ())]:
+        if "line" in cond and cond["line"] not in LINES:
+            bad.append(f"line {cond['line']!r} (valid: {', '.join(LINES)})")
+        if "metric" in cond and cond["metric"] not in MARGINS:
+            bad.append(f"metric {cond['metric']!r} (valid: {', '.join(MARGINS)})")
+    bad += [f"defence {d!r} (valid: {', '.join(DEFENCE_NAMES)})"
+            for d in p.get("defences", ()) if d not in DEFENCE_NAMES]
+    if not c.get("quote"):
+        bad.append("no quote of the paper's sentence")
+    return [f"{c['id']}: {b}" for b in bad]
+
+
 def load_spec(path: Path = SPEC) -> dict:
-    """The paper-numbers file, checked against the layouts and checks this module knows."""
+    """The paper-numbers file, checked against the layouts, metrics, checks, quantifiers and lines this module knows."""
     spec = json.loads(Path(path).read_text())
-    metrics = (*TOLERANCE, "GPU-hours")
     bad = [f"{n['id']}: layout {n['result']['layout']!r}" for n in spec["numbers"]
            if n["result"]["layout"] not in LAYOUTS]
-    bad += [f"{n['id']}: metric {n['metric']!r}" for n in spec["numbers"] if n["metric"] not in metrics]
-    bad += [f"{c['id']}: check {c['check']!r}" for c in spec["claims"] if c["check"] not in CHECKS]
+    bad += [f"{n['id']}: metric {n['metric']!r}" for n in spec["numbers"] if n["metric"] not in METRICS]
+    bad += [b for c in spec["claims"] for b in claim_problems(c)]
     if bad:
         raise ValueError(f"{path}: {'; '.join(bad)}; valid checks: {', '.join(CHECKS)}; layouts: "
-                         f"{', '.join(LAYOUTS)}; metrics: {', '.join(metrics)}")
+                         f"{', '.join(LAYOUTS)}; metrics: {', '.join(METRICS)}")
     return spec
 
 
@@ -528,7 +744,7 @@ def fmt(v: Any, signed: bool = False) -> str:
 
 
 NUM_COLS = ("section", "figure", "metric", "setting", "paper", "ours", "diff", "verdict", "key", "detail")
-CLAIM_COLS = ("section", "figure", "claim", "verdict", "detail")
+CLAIM_COLS = ("section", "figure", "claim", "quote", "verdict", "detail")
 
 
 def cells(row: dict, cols: tuple[str, ...]) -> list[str]:
@@ -555,6 +771,19 @@ def counts(rows: list[dict], verdicts: tuple[str, ...]) -> str:
 SEEDS_NOTE = ("Over several seeds, ours is the mean ± the sample standard deviation (ddof=1) over the seeds, "
               "with their number n; diff and verdict use the mean. Each claim is checked per seed. Fig. 4 draws the "
               "mean over the seeds with a shaded min-max band.")
+NUMBERS_NOTE = ("Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours ratios (two defences on "
+                "one clock); absolute GPU-hours are for information only (another device and engine).")
+
+
+def claims_note() -> str:
+    """What each claim verdict means and the margins and lines it uses (docs/report.md)."""
+    m = "; ".join(f"{k} {v.value:g}" + (" (a factor)" if k == "GPU-hours" else "") for k, v in MARGINS.items())
+    lines = "; ".join(f"{k} {v.value:g}" for k, v in LINES.items())
+    return ("holds: the paper's sentence, read as the claim says, is true on the judged cases; does not hold: it is "
+            "false, or every case is a tie; not run: nothing left to compare (reason given). A difference within the "
+            f"margin is a tie, never an effect. Margins: {m}. Lines: {lines}. Sources: docs/report.md.")
+
+
 DIGITS_NOTE = ("This profile trains on `digits`, not on the paper's datasets, so the numeric comparison is "
                "meaningless here (its rows read 'not in profile'); the claims table is what counts.")
 
@@ -563,10 +792,10 @@ def markdown(rep: dict) -> str:
     prov = "\n".join(f"- {k}: {v}" for k, v in rep["provenance"].items())
     note = (f"\n> {DIGITS_NOTE}\n" if rep["digits"] else "") + (f"\n> {SEEDS_NOTE}\n" if rep["seeds"] > 1 else "")
     return (f"# Did it reproduce? Profile `{rep['profile']}`\n\n## Provenance\n\n{prov}\n\n"
-            f"## Claims ({counts(rep['claims'], CLAIM_VERDICTS)})\n\n{md_table(rep['claims'], CLAIM_COLS)}\n\n"
+            f"## Claims ({counts(rep['claims'], CLAIM_VERDICTS)})\n\n{claims_note()}\n\n"
+            f"{md_table(rep['claims'], CLAIM_COLS)}\n\n"
             f"## Numbers ({counts(rep['numbers'], NUMBER_VERDICTS)})\n{note}\n"
-            "Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware). "
-            "key = result file (under artifacts/results/<profile>/) : field.\n\n"
+            f"{NUMBERS_NOTE} key = result file (under artifacts/results/<profile>/) : field.\n\n"
             f"{md_table(rep['numbers'], NUM_COLS)}\n\n## Figures\n\n"
             + "\n".join(f"- {f['name']}: " + (f"[{f['src']}]({f['src']})" if f["src"] else f"not run ({f['target']})")
                         for f in rep["figures"]) + "\n")
@@ -609,10 +838,9 @@ def html_page(rep: dict) -> str:
             f'<a href="#figures">Figures ({shown} of {len(rep["figures"])} made)</a></p>'
             f"<h2>Provenance</h2><ul>{prov}</ul>"
             f'<h2 id="claims">Claims ({e(counts(rep["claims"], CLAIM_VERDICTS))})</h2>'
-            f"{html_table(rep['claims'], CLAIM_COLS)}"
+            f"<p>{e(claims_note())}</p>{html_table(rep['claims'], CLAIM_COLS)}"
             f'<h2 id="numbers">Numbers ({e(counts(rep["numbers"], NUMBER_VERDICTS))})</h2>{note}'
-            "<p>Tolerance: 0.05 for CA/ASR/MIA accuracy, 1 epoch, a factor 2 for GPU-hours (other hardware). "
-            "Hover a paper value for the paper's words.</p>"
+            f"<p>{e(NUMBERS_NOTE)} Hover a paper value for the paper's words.</p>"
             f"<details{fold}><summary>{len(rep['numbers'])} rows</summary>{html_table(rep['numbers'], NUM_COLS)}"
             f'</details><h2 id="figures">Figures</h2>{figs}</body></html>\n')
 

@@ -81,15 +81,25 @@ def smoke_field(field: str, record: dict) -> str:
 def test_every_number_names_a_file_and_field_the_writers_really_write(real_results):
     # Catches a renamed result field or path in a writer (e.g. `epochs_to_asr_0.8`, `device_hours`,
     # `first_epoch_device_hours`, `mia/`), and a typo in paper_numbers.json, which would otherwise
-    # leave the report silently "not run".
+    # leave the report silently "not run". `charged_hours` reads the history's clock at the profile's charge.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(PROFILES, "smoke", TINY)
+        scope = report.make_scope("smoke")
     for e in SPEC["numbers"]:
         s = smoke_setting(e)
-        rel = report.LAYOUTS[e["result"]["layout"]].format(**s)
-        path = real_results / rel
-        assert path.is_file(), f"{e['id']}: the writers did not write {rel}"
-        rec = json.loads(path.read_text())
-        value = report.resolve(rec, smoke_field(e["result"]["field"], rec))
-        assert isinstance(value, (int, float)) or (value is None and e["metric"] == "epochs"), (e["id"], value)
+        for res in (e["result"], *([e["result"]["divide_by"]] if "divide_by" in e["result"] else [])):
+            rel = report.LAYOUTS[e["result"]["layout"]].format(**s) if res is e["result"] else smoke_file(res["file"])
+            path = real_results / rel
+            assert path.is_file(), f"{e['id']}: the writers did not write {rel}"
+            rec = json.loads(path.read_text())
+            value = report.field_value(rec, {**res, "field": smoke_field(res["field"], rec)}, scope)
+            assert isinstance(value, (int, float)) or (value is None and e["metric"] == "epochs"), (e["id"], value)
+
+
+def smoke_file(rel: str) -> str:
+    """A divisor's file (always FT/SFT, BadNets) moved onto the tiny smoke run's names."""
+    rel = re.sub(r"^transfer/[^/]+/", "transfer/digits5to9/", rel)
+    return re.sub(r"^(cifar10|cifar100|gtsrb)/", "digits/", rel)
 
 
 def test_file_keys_follow_the_writers_layout():
@@ -111,20 +121,25 @@ def test_claims_are_checked_on_real_results(real_results, tmp_path):
         rep = report.build("smoke", real_results, tmp_path / "figs", tmp_path / "out")
     claims = {c["id"]: c for c in rep["claims"]}
     evaluated = ["encoder-whole-ft-removes", "transfer-sft-asr-le-ft", "transfer-sft-ca-epoch1-gt-ft",
-                 "standalone-sft-asr-lt-ft", "standalone-sft-removes", "standalone-sft-keeps-ca",
-                 "mia-sft-not-higher", "fig6-sft-cheapest"]
+                 "standalone-sft-asr-lt-ft", "standalone-sft-keeps-ca", "mia-sft-not-higher"]
     for cid in evaluated:
-        assert claims[cid]["verdict"] in ("holds", "does not hold"), claims[cid]
-    # The verdict is the comparison itself, recomputed from the files.
+        assert claims[cid]["verdict"] in ("holds", "does not hold", "not run"), claims[cid]
+        assert claims[cid]["verdict"] != "not run" or "nothing left to compare" in claims[cid]["detail"], claims[cid]
+    # The verdict is the comparison itself, recomputed from the files with the report's margin.
     ft, sft = (json.loads((real_results / "digits/badnets" / f).read_text()) for f in ("ft.json", "sft.json"))
-    expect = "holds" if sft["final"]["asr"] < ft["final"]["asr"] else "does not hold"
-    assert claims["standalone-sft-asr-lt-ft"]["verdict"] == expect
+    lower = report.compare(sft["final"]["asr"], "<", ft["final"]["asr"], "ASR")
+    assert claims["standalone-sft-asr-lt-ft"]["verdict"] == ("holds" if lower == report.EFFECT else "does not hold")
     mb, ms = (json.loads((real_results / "digits/badnets/mia" / f).read_text())["accuracy"]
               for f in ("backdoor.json", "sft.json"))
-    assert claims["mia-sft-not-higher"]["verdict"] == ("holds" if ms <= mb else "does not hold")
+    lower = report.compare(ms, "<", mb, "MIA accuracy")
+    assert claims["mia-sft-not-higher"]["verdict"] == ("holds" if lower == report.EFFECT else "does not hold")
+    assert "judged: digits/badnets" in claims["mia-sft-not-higher"]["detail"]
     # Nothing of Fig. 5 ran (no baseline defence): not run, with the target that makes it.
     assert claims["abl-leaves-badnets"]["verdict"] == "not run"
     assert claims["abl-leaves-badnets"]["detail"].startswith("make figure5 PROFILE=smoke")
+    # Only FT and SFT ran: a comparison among all defences is not run, and says which ran.
+    assert claims["fig6-sft-cheapest"]["verdict"] == "not run"
+    assert "only ft, sft ran" in claims["fig6-sft-cheapest"]["detail"]
     assert {n["verdict"] for n in rep["numbers"]} == {"not in profile"}  # digits: no paper dataset
 
 
@@ -216,7 +231,7 @@ def _write(root: Path, rel: str, obj: dict) -> None:
 
 def test_verdicts_are_exact(tmp_path):
     res = tmp_path / "results"
-    hist = [{"epoch": e, "ca": 0.9, "asr": 0.5, "seconds": 36.0} for e in range(0, 21)]
+    hist = [{"epoch": e, "ca": 0.9, "asr": 0.5, "seconds": 36.0, "device_seconds": 36.0 * e} for e in range(0, 21)]
     # Paper: before ASR 0.997, final ASR 0.082, CA 0.937, 0.089 h (Section 1, Blended CIFAR10 SFT).
     _write(res, "cifar10/blended/sft.json", {"before": {"ca": 0.94, "asr": 0.95}, "final": {"ca": 0.80, "asr": 0.12},
                                              "device_hours": 0.17, "history": hist})
@@ -226,7 +241,9 @@ def test_verdicts_are_exact(tmp_path):
     assert r["verdict"] == "within 0.05" and r["diff"] == pytest.approx(0.12 - 0.082)
     assert rows["s1-standalone-sft-blended-cifar10-asr-before"]["verdict"] == "within 0.05"  # 0.047 off
     assert rows["s1-standalone-sft-blended-cifar10-ca-after"]["verdict"] == "off"  # 0.137 off
-    assert rows["s1-standalone-sft-blended-cifar10-hours"]["verdict"] == "within 2x"  # 0.17 / 0.089 = 1.9
+    # Absolute hours: for information, SFT charged at the paper profile's 15 epochs (15 x 36 s), not its 0.17 h.
+    hours = rows["s1-standalone-sft-blended-cifar10-hours"]
+    assert hours["verdict"] == "for information" and hours["ours"] == pytest.approx(15 * 36 / 3600)
     assert rows["s5.3-standalone-ft-blended-cifar10-asr-epoch100"]["verdict"] == "not comparable"
     assert rows["s5.3-standalone-sft-blended-cifar10-asr-after"]["verdict"] == "within 0.05"
 
@@ -251,29 +268,3 @@ def test_unknown_check_fails_in_one_line(tmp_path):
     bad.write_text(json.dumps(spec))
     with pytest.raises(ValueError, match=r"nonsense.*valid checks: compare"):
         report.load_spec(bad)
-
-
-def _hist(n: int, **last) -> list[dict]:
-    return [{"epoch": e, "ca": 0.9, "asr": 0.5, "seconds": 1.0, **(last if e == n else {})} for e in range(n + 1)]
-
-
-def test_claim_checks_on_fake_paper_results(tmp_path):
-    # Each check's logic on hand-made files in the writers' layout (paper profile, CIFAR10 BadNets only).
-    res = tmp_path / "results"
-    for d, asr, hours in (("sft", 0.01, 0.10), ("abl", 0.90, 0.20), ("nc", 0.30, 0.05)):
-        _write(res, f"cifar10/badnets/{d}.json", {"final": {"ca": 0.9, "asr": asr}, "device_hours": hours})
-    for m, first, asr3 in (("clean", 7, 0.1), ("sft", 2, 0.3), ("abl", None, 0.9)):
-        _write(res, f"cifar10/badnets/reinject/{m}/0.01.json", {"epochs_to_asr_0.8": first, "history": _hist(3, asr=asr3)})
-    for mx, asr in (("0.1", 0.95), ("0.3", 0.01)):  # Fig. 9 on 10%: the paper's 100 SFT epochs
-        _write(res, f"cifar10/badnets/ablation/sft_frac0.1_max{mx}.json", {"history": _hist(100, asr=asr)})
-    claims = {c["id"]: c for c in report.build("paper", res, tmp_path / "f", tmp_path / "o")["claims"]}
-    v = {k: c["verdict"] for k, c in claims.items()}
-    assert v["fig5-sft-lowest-asr"] == "holds" and "1/1 attacks" in claims["fig5-sft-lowest-asr"]["detail"]
-    assert v["abl-leaves-badnets"] == "holds"
-    assert v["fig6-sft-cheapest"] == "does not hold"  # NC's 0.05 h is below SFT's 0.10 h
-    assert v["fig6-nc-costliest"] == "does not hold"  # ABL's 0.20 h is the highest
-    assert v["reinject-defended-faster"] == "holds"  # SFT 2 < clean 7; ABL never: 1 of 2 = share 0.5
-    assert claims["reinject-defended-faster"]["detail"].startswith("1/2")
-    assert v["reinject-sft-not-most-vulnerable"] == "holds"  # SFT 0.3 at epoch 3, ABL 0.9
-    assert v["fig9-lrmax1-helps"] == "holds"  # 0.95 at LR_MAX1 0.1 >= 0.01 at 0.3
-    assert v["nc-misses-three"] == "not run" and v["standalone-sft-asr-lt-ft"] == "not run"
