@@ -221,7 +221,7 @@ def path_steps(device: torch.device, s: Sizes) -> dict[str, Callable[[], dict]]:
         return {"loss": h[-1]["loss"]}
 
     def badencoder() -> dict:
-        attack = BadEncoder(target=prof.target).set_reference(x[:1])
+        attack = BadEncoder(target=prof.target).set_reference(x[:1]).to(device)  # as experiments.encoder
         h = train_badencoder(SimCLRModel(s.path_width).to(device).f, x, attack, prof.encoder_config("badencoder"))
         return {"loss": h[-1]["loss"]}
 
