@@ -75,7 +75,7 @@ RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ --l
 # A failing call (an unknown PROFILE, a bad SET) yields !error; Make then stops at once with the one-line reason.
 # Goals that read no list in this make (each call imports torch): given only these, none is computed, so
 # `make demo` does not read PROFILE=paper's lists before its sub-make reads demo's.
-LISTLESS   := all demo demo-full test test-slow help clean-demo bench plan rehearsal data fake-data defend report
+LISTLESS   := all demo demo-full test test-slow help clean-demo bench plan rehearsal data fake-data defend report gpu-check
 NEED_LISTS := $(filter-out $(LISTLESS),$(MAKECMDGOALS))
 profile_field = $(if $(NEED_LISTS),$(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS) 2>/dev/null || echo '!error')))
 # Evaluated once per Make run (each call imports torch), unless given on the command line.

@@ -18,7 +18,7 @@ import argparse
 import os
 import statistics
 import time
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -78,23 +78,27 @@ def reference_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int, workers:
     return epoch
 
 
-def our_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int, bf16: bool) -> EpochTimer:
+def our_loop(model, x: torch.Tensor, y: torch.Tensor, batch: int, bf16: bool, compiled: bool = False) -> EpochTimer:
     """One epoch of `fit` per call; its own device-synchronised epoch time (set-up excluded)."""
     def epoch(rnd: int) -> float:
-        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, flip=True, seed=rnd, bf16=bf16)
+        cfg = TrainConfig(epochs=1, batch_size=batch, lr=0.01, flip=True, seed=rnd, bf16=bf16, compile=compiled)
         return fit(model, x, y, cfg)[1]["seconds"]
 
     return epoch
 
 
-def interleaved(loops: dict[str, EpochTimer], rounds: int) -> dict[str, list[float]]:
+def interleaved(loops: dict[str, EpochTimer], rounds: int, deadline: Optional[float] = None,
+                warm: bool = True) -> dict[str, list[float]]:
     """Seconds per epoch of each loop over `rounds` rounds, one epoch of each per round, the order
-    rotating, after one untimed warm-up epoch each: a load change hits every loop alike."""
-    for loop in loops.values():
+    rotating, after one untimed warm-up epoch each (`warm`): a load change hits every loop alike.
+    Past `deadline` (time.perf_counter) no further round starts; the first always runs."""
+    for loop in loops.values() if warm else ():
         loop(0)
     times: dict[str, list[float]] = {name: [] for name in loops}
     names = list(loops)
     for r in range(rounds):
+        if r and deadline is not None and time.perf_counter() > deadline:
+            break
         for name in names[r % len(names):] + names[: r % len(names)]:
             times[name].append(loops[name](r + 1))
     return times
@@ -136,7 +140,7 @@ def main() -> None:
     print(f"bench: PreAct-ResNet18 width {width}, batch {batch}, {n} images, {args.epochs} interleaved rounds, "
           f"{name}, torch {torch.__version__}, load average {load}")
 
-    precisions = (False, True) if uses_bf16(device, True) else (False,)
+    precisions = bench_precisions(device)
     if len(precisions) == 1:
         print(f"bf16 autocast: not measured; on {device.type} the engine runs fp32 whatever the profile's precision")
     times = interleaved(loops(x, y, batch, workers, device, width, precisions), args.epochs)
@@ -157,20 +161,27 @@ def main() -> None:
 REFERENCE = "reference (PIL + DataLoader, fp32, NCHW)"
 
 
-def ours_name(bf16: bool) -> str:
+def ours_name(bf16: bool, compiled: bool = False) -> str:
     """The row name `experiments.plan` reads a profile's img/s from ("ours fp32 ..." / "ours bf16 ...")."""
-    return f"ours {'bf16 autocast' if bf16 else 'fp32'} (device uint8, channels_last on CUDA)"
+    return f"ours {'bf16 autocast' if bf16 else 'fp32'}{' + torch.compile' if compiled else ''} " \
+           "(device uint8, channels_last on CUDA)"
+
+
+def bench_precisions(device: torch.device) -> tuple[bool, ...]:
+    """The bf16 flags worth timing here: both on CUDA, only fp32 where the engine never autocasts."""
+    return (False, True) if uses_bf16(device, True) else (False,)
 
 
 def loops(x: torch.Tensor, y: torch.Tensor, batch: int, workers: int, device: torch.device, width: int,
-          precisions: tuple[bool, ...]) -> dict[str, EpochTimer]:
-    """The reference and one `fit` loop per precision, each on its own model of the same initial weights."""
+          precisions: tuple[bool, ...], compiled: tuple[bool, ...] = (False,)) -> dict[str, EpochTimer]:
+    """The reference and one `fit` loop per precision (and per `compiled` flag), each on its own model of the
+    same initial weights."""
     def model() -> torch.nn.Module:
         torch.manual_seed(0)
         return make_model(DEFAULT_ARCH, 10, width, "cifar10").to(device)
 
     return {REFERENCE: reference_loop(model(), x, y, batch, workers, device),
-            **{ours_name(b): our_loop(model(), x, y, batch, b) for b in precisions}}
+            **{ours_name(b, c): our_loop(model(), x, y, batch, b, c) for c in compiled for b in precisions}}
 
 
 def sft_seconds(x: torch.Tensor, y: torch.Tensor, batch: int, width: int, device: torch.device, bf16: bool) -> float:

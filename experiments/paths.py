@@ -26,6 +26,7 @@ TEMPLATES: dict[str, str] = {
     "locks": "{root}/.locks",  # experiments/launch.py's output and GPU locks
     "logs": "{root}/logs",  # Slurm logs, one folder per step
     "fake_data": "{root}/fake_data",  # `make fake-data`'s default directory
+    "gpu_check": "{root}/gpu_check.json",  # experiments/gpu_check.py's default output
     # ---- a run: Make's stem % (runargs splits it back)
     "run": "{dataset}/{attack}",
     # ---- in a profile's checkpoints directory

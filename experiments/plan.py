@@ -228,10 +228,12 @@ class Costs:
 
 
 # ---------------------------------------------------------------- make -n
-def make_lines(profile: str, figures: list[str]) -> list[str]:
-    """`make -n -B -j1` of `figures`: the whole chain as if nothing were built, in make's serial order."""
+def make_lines(profile: str, figures: list[str], python: Optional[str] = None) -> list[str]:
+    """`make -n -B -j1` of `figures`: the whole chain as if nothing were built, in make's serial order.
+    `python` replaces the venv's interpreter in Make's own calls (a machine with no venv: experiments.gpu_check)."""
+    interp = [f"PY={python}", f"PYTHON={python}"] if python else []
     cmd = ["make", "-n", "-B", "-j1", "--no-print-directory", f"PROFILE={profile}", f"FIGS={' '.join(figures)}",
-           "LAUNCHER=local", "GPUS=", "figure-files"]
+           "LAUNCHER=local", "GPUS=", *interp, "figure-files"]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode:
         raise SystemExit(f"plan: {' '.join(cmd[:7])} failed: {out.stderr.strip().splitlines()[-1:]}")
@@ -274,6 +276,11 @@ def _fmt(x: float) -> str:
     return f"{x:.3g}"
 
 
+def priced(per_figure: dict[str, list[Step]], cost: Callable[[Step], float]) -> dict[str, tuple[int, float]]:
+    """Each figure's (new steps, work in image-passes); device-seconds are work / img/s."""
+    return {fig: (len(steps), sum(cost(s) for s in steps)) for fig, steps in per_figure.items()}
+
+
 def report(profile: str, per_figure: dict[str, list[Step]], cost: Callable[[Step], float],
            img_per_s: Optional[float], show_steps: bool) -> list[str]:
     """Lines of the plan: each figure's new steps (a step shared by figures counts in the first one)."""
@@ -281,12 +288,11 @@ def report(profile: str, per_figure: dict[str, list[Step]], cost: Callable[[Step
     out = [f"plan PROFILE={profile}: work in image-passes (fwd+bwd; a forward counts 1/3)"
            + (f", at {img_per_s:g} img/s" if img_per_s else "")]
     total, count = 0.0, 0
-    for fig, steps in per_figure.items():
-        work = sum(cost(s) for s in steps)
-        out.append(f"{fig:<10} {len(steps):4d} new steps  work {_fmt(work):>9}" + hours(work))
+    for fig, (n, work) in priced(per_figure, cost).items():
+        out.append(f"{fig:<10} {n:4d} new steps  work {_fmt(work):>9}" + hours(work))
         if show_steps:
-            out += [f"    {_fmt(cost(s)):>9}  {s.label}" for s in steps]
-        total, count = total + work, count + len(steps)
+            out += [f"    {_fmt(cost(s)):>9}  {s.label}" for s in per_figure[fig]]
+        total, count = total + work, count + n
     out.append(f"{'total':<10} {count:4d} steps      work {_fmt(total):>9}" + hours(total))
     if not img_per_s:
         out.append("give IMG_PER_S= (training img/s of `make bench` on your device) or BENCH=<saved make bench output>")
