@@ -1,0 +1,73 @@
+"""`make -n -B` of the main goals against step lists recorded from the Makefile before its rewrite as a list of
+files (issue 28): the rewrite may move Make programming, never change a step. Fixtures: tests/fixtures/make_n/.
+
+$(PY) is a stub that answers the profile-list questions from `field_text` in process (no torch import per call)
+and hands every other call (a SET= name, seed_dirs) to the real interpreter, so the printed steps are the real ones.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from experiments.profiles import field_text, get_profile
+from conftest import fresh_make_env
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "make_n"
+PY = ".venv/bin/python"
+FIELDS = ("datasets", "attacks", "reinject_ratios", "sweep_lists", "encoder.pretrain_sets", "encoder.downstream_sets")
+# name -> goals and variables, exactly as the fixture was recorded (plus A=, LAUNCHER=local GPUS= DEMO_JOBS=2).
+CASES = {
+    "all_paper": ["all", "PROFILE=paper"],
+    "all_demo": ["all", "PROFILE=demo"],
+    "demo": ["demo"],
+    "figure4_smoke_seeds": ["figure4", "PROFILE=smoke", "SEEDS=0,1"],
+    "summary_smoke_set": ["summary", "PROFILE=smoke", "SET=finetune_epochs=5 sft.lr_max1=0.3"],
+}
+
+
+@pytest.fixture(scope="module")
+def stub(tmp_path_factory) -> Path:
+    """An executable $(PY): the plain list questions of paper/demo/smoke answered here, the rest by the real one."""
+    d = tmp_path_factory.mktemp("py")
+    cases = "\n".join(f'  "{p} {f}") printf "%s\\n" {shlex.quote(field_text(get_profile(p), f))}; exit 0 ;;'
+                      for p in ("paper", "demo", "smoke") for f in FIELDS)
+    script = d / "python"
+    script.write_text(f'#!/bin/sh\nif [ $# -eq 4 ] && [ "$1 $2" = "-m experiments.profiles" ]; then\n'
+                      f'case "$3 $4" in\n{cases}\nesac\nfi\nexec {ROOT / PY} "$@"\n')
+    script.chmod(0o755)
+    return script
+
+
+def normalise(text: str, root: Path, stub: Path) -> list[str]:
+    """Lines with the artifact root as $A, the stub as .venv/bin/python, and blanks collapsed (the shell's argv)."""
+    text = text.replace(str(root), "$A").replace(str(stub), PY)
+    return [" ".join(line.split()) for line in text.splitlines()]
+
+
+def make_n(stub: Path, root: Path, args: list[str]) -> str:
+    env = fresh_make_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+    out = subprocess.run(["make", "-n", "-B", "-j1", "--no-print-directory", f"A={root}", f"PY={stub}",
+                          "LAUNCHER=local", "GPUS=", "DEMO_JOBS=2", *args], cwd=ROOT, capture_output=True, text=True,
+                         env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_make_n_prints_the_recorded_step_list(case, stub, tmp_path):
+    live = normalise(make_n(stub, tmp_path / "a", CASES[case]), tmp_path / "a", stub)
+    recorded = normalise((FIXTURES / f"{case}.txt").read_text(), Path("/nonexistent"), stub)
+    assert len(live) == len(recorded)
+    assert [(i, l) for i, l in enumerate(live) if l != recorded[i]] == []
+
+
+def test_a_changed_step_is_caught(stub, tmp_path):
+    """The comparison can fail: a different SET writes other directories, so its steps differ from the fixture."""
+    live = normalise(make_n(stub, tmp_path / "a", ["summary", "PROFILE=smoke", "SET=finetune_epochs=6"]),
+                     tmp_path / "a", stub)
+    assert live != normalise((FIXTURES / "summary_smoke_set.txt").read_text(), Path("/nonexistent"), stub)
