@@ -51,5 +51,9 @@ endef
 $(foreach n,7 8 9,$(eval $(call ablation_figure,$(n))))
 
 .PHONY: figure3 figure7 figure8 figure9
+figure3: ## Fig. 3, transfer scenario: backdoored pre-trained model -> FT / SFT downstream
+figure7: ## Fig. 7, ablation: fine-tuning set fraction
+figure8: ## Fig. 8, ablation: FT learning rate
+figure9: ## Fig. 9, ablation: SFT LR_MAX1 on 10%
 figure3 figure7 figure8 figure9: $(STAMP)
 	@+$(SUBMAKE) $(call p_figure,$(FG),$@)
