@@ -15,7 +15,7 @@ ALL_FIGURES := figure1 figure4 summary table1 figure5 figure12 figure13 figure6 
 DEMO_FULL   := figure1 figure4 summary table1 figure5 figure6 figure3 figure7 figure8 figure9 figure2 figure10 figure11
 FIGS        ?=
 
-.PHONY: all demo demo-full figure-files test test-slow bench data figure1 figure4 summary clean-demo help
+.PHONY: all demo demo-full figure-files test test-slow bench figure1 figure4 summary clean-demo help
 .DELETE_ON_ERROR:
 .SECONDARY:
 
@@ -82,7 +82,7 @@ figure4: $(STAMP) ## Fig. 4, CA and ASR of FT and SFT on every dataset and attac
 $(call p_figure,$(FG),figure4): $(call defended,$(SRS))
 	$(PY) -m figures.figure4 --results $(SRS) --datasets "$(DATASETS)" --attacks "$(ATTACKS)" --out $@
 
-summary: $(STAMP) ## the Fig. 4 numbers as a table (results/<profile>/summary.txt)
+summary: $(STAMP) ## the Fig. 4 numbers as a text table, printed
 	@+$(seeded_make) $(call p_summary,$(RS))
 	@cat $(call p_summary,$(RS))
 $(call p_summary,$(RS)): $(call defended,$(SRS))

@@ -30,13 +30,12 @@ SEED_DIRS := $(shell $(PY) -m experiments.profiles $(PROFILE) seed_dirs $(SETFLA
 $(if $(SEED_DIRS),,$(error SET="$(SET)": no seed directories; see the line above))
 endif
 endif
-ifeq ($(strip $(SET))$(DISPATCH),)
 PDIR     := $(PROFILE)
-else ifeq ($(DISPATCH),1)
-PDIR     := $(PROFILE)
-else
+ifneq ($(strip $(SET)),)
+ifneq ($(DISPATCH),1)
 PDIR     := $(shell $(PY) -m experiments.profiles $(PROFILE) name $(SETFLAGS))
 $(if $(PDIR),,$(error SET="$(SET)" does not apply to PROFILE=$(PROFILE); see the line above))
+endif
 endif
 CK        = $(call p_checkpoints,$(PDIR))
 RS        = $(call p_results,$(PDIR))

@@ -4,7 +4,6 @@
 # Sizes come from the profile's `sweeps` (experiments/profiles.py, experiments/sweeps.py); each run writes one file.
 comma := ,
 # One Python call per Make run (name=v1,v2 words); lists are read once, not per expansion.
-# (A := right-hand side is expanded even when the command line overrides it: hence the origin test.)
 ifeq ($(origin _SW),undefined)
 _SW := $(call profile_field,sweep_lists)
 endif

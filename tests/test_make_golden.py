@@ -20,13 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "make_n"
 PY = ".venv/bin/python"
 FIELDS = ("datasets", "attacks", "reinject_ratios", "sweep_lists", "encoder.pretrain_sets", "encoder.downstream_sets")
-# name -> goals and variables, exactly as the fixture was recorded (plus A=, LAUNCHER=local GPUS= DEMO_JOBS=2).
+# name -> goals and variables ($A: the artifact root), as each fixture was recorded from the tree of a5a26e1 with
+#   make -n -B -j1 --no-print-directory A=$A LAUNCHER=local GPUS= DEMO_JOBS=2 <these> | sed "s#$A#\$A#g"
 CASES = {
     "all_paper": ["all", "PROFILE=paper"],
     "all_demo": ["all", "PROFILE=demo"],
     "demo": ["demo"],
     "figure4_smoke_seeds": ["figure4", "PROFILE=smoke", "SEEDS=0,1"],
     "summary_smoke_set": ["summary", "PROFILE=smoke", "SET=finetune_epochs=5 sft.lr_max1=0.3"],
+    "report_smoke_seeds": ["report", "PROFILE=smoke", "SEEDS=0,1"],
+    "figure4_smoke_slurm": ["figure4", "PROFILE=smoke", "LAUNCHER=slurm", "SLURM_PARTITION=gpu", "SLURM_MEM=64G",
+                            "DEVICE=cuda"],
+    "figure5_smoke_gpus": ["figure5", "PROFILE=smoke", "GPUS=0,1"],
+    "demo_set": ["demo", "SET=finetune_epochs=3"],
+    "figure2_file_smoke": ["PROFILE=smoke", "$A/figures/smoke/figure2.png"],  # a file goal, not a named one
 }
 
 
@@ -52,7 +59,7 @@ def normalise(text: str, root: Path, stub: Path) -> list[str]:
 def make_n(stub: Path, root: Path, args: list[str]) -> str:
     env = fresh_make_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     out = subprocess.run(["make", "-n", "-B", "-j1", "--no-print-directory", f"A={root}", f"PY={stub}",
-                          "LAUNCHER=local", "GPUS=", "DEMO_JOBS=2", *args], cwd=ROOT, capture_output=True, text=True,
+                          "LAUNCHER=local", "GPUS=", "DEMO_JOBS=2", *(a.replace("$A", str(root)) for a in args)], cwd=ROOT, capture_output=True, text=True,
                          env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
