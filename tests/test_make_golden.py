@@ -1,11 +1,13 @@
 """`make -n -B` of the main goals against step lists recorded from the Makefile before its rewrite as a list of
 files (issue 28): the rewrite may move Make programming, never change a step. Fixtures: tests/fixtures/make_n/.
 
-$(PY) is a stub that answers the profile-list questions from `field_text` in process (no torch import per call)
-and hands every other call (a SET= name, seed_dirs) to the real interpreter, so the printed steps are the real ones.
+$(PY) is a stub that answers the profile questions from `cli_text` (what the CLI prints) without a torch import per
+call, and hands every other call to the real interpreter, so the printed steps are the real ones.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import shlex
 import subprocess
@@ -13,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from experiments.profiles import field_text, get_profile
+from experiments.profiles import cli_text
 from conftest import fresh_make_env
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -35,17 +37,24 @@ CASES = {
     "demo_set": ["demo", "SET=finetune_epochs=3"],
     "figure2_file_smoke": ["PROFILE=smoke", "$A/figures/smoke/figure2.png"],  # a file goal, not a named one
 }
+# The overrides those cases (and their seeds' sub-makes) ask the profile about.
+SETS = ((), ("seeds=0,1",), ("seed=0",), ("seed=1",), ("finetune_epochs=5", "sft.lr_max1=0.3"), ("finetune_epochs=3",),
+        ("finetune_epochs=6",))
 
 
 @pytest.fixture(scope="module")
 def stub(tmp_path_factory) -> Path:
-    """An executable $(PY): the plain list questions of paper/demo/smoke answered here, the rest by the real one."""
+    """An executable $(PY): the profile questions of these cases answered by `cli_text` in process (what the real
+    CLI prints), anything else by the real interpreter."""
     d = tmp_path_factory.mktemp("py")
-    cases = "\n".join(f'  "{p} {f}") printf "%s\\n" {shlex.quote(field_text(get_profile(p), f))}; exit 0 ;;'
-                      for p in ("paper", "demo", "smoke") for f in FIELDS)
+    answers = {}
+    for prof, key, sets in itertools.product(("paper", "demo", "smoke"), FIELDS + ("name", "seed_dirs"), SETS):
+        argv = ["-m", "experiments.profiles", prof, key, *(w for s in sets for w in ("--set", s))]
+        with contextlib.suppress(ValueError, KeyError, AttributeError):  # the real CLI says why
+            answers[" ".join(argv)] = cli_text(prof, key, sets)
+    cases = "\n".join(f"  {shlex.quote(a)}) printf '%s\\n' {shlex.quote(v)}; exit 0 ;;" for a, v in answers.items())
     script = d / "python"
-    script.write_text(f'#!/bin/sh\nif [ $# -eq 4 ] && [ "$1 $2" = "-m experiments.profiles" ]; then\n'
-                      f'case "$3 $4" in\n{cases}\nesac\nfi\nexec {ROOT / PY} "$@"\n')
+    script.write_text(f'#!/bin/sh\ncase "$*" in\n{cases}\nesac\nexec {ROOT / PY} "$@"\n')
     script.chmod(0o755)
     return script
 
