@@ -95,12 +95,14 @@ fig_file  = $(if $(filter summary,$(1)),$(call p_summary,$(RS)),$(call p_figure,
 # seed=S", so they land where that SET alone writes (reusable, never the profile's own); figure4, summary and
 # report then combine the seeds' results (SRS) into PDIR. Without seeds, seeded_make is $(SUBMAKE).
 seed_of    = $(firstword $(subst :, ,$(1)))
-seed_dir   = $(call p_results,$(lastword $(subst :, ,$(1))))
+seed_pdir  = $(lastword $(subst :, ,$(1)))
+seed_dir   = $(call p_results,$(call seed_pdir,$(1)))
 SRS        = $(if $(SEED_DIRS),$(foreach p,$(SEED_DIRS),$(call seed_dir,$(p))),$(RS))
 defended   = $(foreach d,$(1),$(foreach r,$(runs),$(call p_result,$(d),$(r),ft) $(call p_result,$(d),$(r),sft)))
 seed_make  = $(SUBMAKE) SEEDS= SET="$(strip $(filter-out seeds=%,$(SET)) seed=$(call seed_of,$(1)))" \
-  PDIR=$(lastword $(subst :, ,$(1))) $(call defended,$(call seed_dir,$(1))) &&
-seeded_make = $(foreach p,$(SEED_DIRS),$(call seed_make,$(p))) $(SUBMAKE) $(if $(SEED_DIRS),PDIR=$(PDIR) SEED_DIRS="$(SEED_DIRS)")
+  PDIR=$(call seed_pdir,$(1)) $(call defended,$(call seed_dir,$(1))) &&
+seeded_make = $(foreach p,$(SEED_DIRS),$(call seed_make,$(p))) \
+  $(SUBMAKE) $(if $(SEED_DIRS),PDIR=$(PDIR) SEED_DIRS="$(SEED_DIRS)")
 ifneq ($(SEED_DIRS),)
 $(call defended,$(SRS)):  # made by the seeds' sub-makes (a rule here so that `make -n` lists them all)
 endif

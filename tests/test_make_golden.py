@@ -22,8 +22,9 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "make_n"
 PY = ".venv/bin/python"
 FIELDS = ("datasets", "attacks", "reinject_ratios", "sweep_lists", "encoder.pretrain_sets", "encoder.downstream_sets")
-# name -> goals and variables ($A: the artifact root), as each fixture was recorded from the tree of a5a26e1 with
+# name -> goals and variables ($A: the artifact root). Each fixture was recorded from the tree of a5a26e1 with
 #   make -n -B -j1 --no-print-directory A=$A LAUNCHER=local GPUS= DEMO_JOBS=2 <these> | sed "s#$A#\$A#g"
+# `PYTHONPATH=. .venv/bin/python tests/test_make_golden.py` re-records them (after a deliberate step change).
 CASES = {
     "all_paper": ["all", "PROFILE=paper"],
     "all_demo": ["all", "PROFILE=demo"],
@@ -65,11 +66,12 @@ def normalise(text: str, root: Path, stub: Path) -> list[str]:
     return [" ".join(line.split()) for line in text.splitlines()]
 
 
-def make_n(stub: Path, root: Path, args: list[str]) -> str:
+def make_n(py: Path, root: Path, args: list[str]) -> str:
+    """stdout of `make -n -B` of a case, artifacts under root, $(PY) py."""
     env = fresh_make_env(OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    out = subprocess.run(["make", "-n", "-B", "-j1", "--no-print-directory", f"A={root}", f"PY={stub}",
-                          "LAUNCHER=local", "GPUS=", "DEMO_JOBS=2", *(a.replace("$A", str(root)) for a in args)], cwd=ROOT, capture_output=True, text=True,
-                         env=env, timeout=300)
+    out = subprocess.run(["make", "-n", "-B", "-j1", "--no-print-directory", f"A={root}", f"PY={py}", "LAUNCHER=local",
+                          "GPUS=", "DEMO_JOBS=2", *(a.replace("$A", str(root)) for a in args)], cwd=ROOT,
+                         capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
@@ -87,3 +89,11 @@ def test_a_changed_step_is_caught(stub, tmp_path):
     live = normalise(make_n(stub, tmp_path / "a", ["summary", "PROFILE=smoke", "SET=finetune_epochs=6"]),
                      tmp_path / "a", stub)
     assert live != normalise((FIXTURES / "summary_smoke_set.txt").read_text(), Path("/nonexistent"), stub)
+
+
+if __name__ == "__main__":  # re-record every fixture from this tree: only when a step changes on purpose
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, args in CASES.items():
+            text = make_n(ROOT / PY, Path(tmp) / "a", args).replace(str(ROOT / PY), PY)
+            (FIXTURES / f"{name}.txt").write_text(text.replace(str(Path(tmp) / "a"), "$A"))
