@@ -63,7 +63,7 @@ RUN = $(strip $(PY) -m experiments.launch --launcher $(LAUNCHER) --target $@ --l
 # ---- the profile's lists, read once per Make run (each call imports torch) unless given on the command line.
 # Goals that read no list here: given only these, none is read (`make demo` reads demo's lists in its sub-make,
 # never PROFILE=paper's). A failing call (an unknown PROFILE, a bad SET) yields !error: one line, then stop.
-LISTLESS   := all demo demo-full test test-slow help clean-demo bench plan rehearsal data fake-data defend report
+LISTLESS   := all demo demo-full test test-slow help clean-demo bench plan rehearsal data fake-data defend report gpu-check
 NEED_LISTS := $(filter-out $(LISTLESS),$(MAKECMDGOALS))
 profile_field = $(if $(NEED_LISTS),$(if $(wildcard $(PY)),$(shell $(PY) -m experiments.profiles $(PROFILE) $(1) $(SETFLAGS) 2>/dev/null || echo '!error')))
 ifeq ($(origin DATASETS),undefined)
