@@ -445,6 +445,14 @@ def field_text(prof: Profile, key: str) -> str:
     return " ".join(map(str, value)) if isinstance(value, (tuple, list)) else str(value)
 
 
+def cli_text(name: str, key: str | None, sets: list[str] | tuple[str, ...] = ()) -> str:
+    """What `python -m experiments.profiles NAME [KEY] [--set ...]` prints: a field as Make reads it, or the profile."""
+    prof = resolve(name, sets)
+    if key == "seed_dirs":  # seed:directory words, for the Makefile's per-seed sub-makes
+        return " ".join(f"{seed}:{d}" for seed, d in seed_runs(name, sets))
+    return field_text(prof, key) if key else json.dumps(prof.to_dict(), indent=1)
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description="Print a profile's field (for the Makefile) or all of it.")
     ap.add_argument("profile")
@@ -452,10 +460,6 @@ if __name__ == "__main__":
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     a = ap.parse_args()
     try:
-        p = resolve(a.profile, a.set)
-        if a.field == "seed_dirs":  # seed:directory words, for the Makefile's per-seed sub-makes
-            print(" ".join(f"{seed}:{d}" for seed, d in seed_runs(a.profile, a.set)))
-        else:
-            print(field_text(p, a.field) if a.field else json.dumps(p.to_dict(), indent=1))
+        print(cli_text(a.profile, a.field, a.set))
     except (ValueError, KeyError, AttributeError) as e:
         sys.exit(f"error: {e}")

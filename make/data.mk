@@ -11,9 +11,9 @@ FAKE_DIR    ?= $(p_fake_data)
 FAKE_N      ?=
 
 .PHONY: data fake-data
-data: $(STAMP)
+data: $(STAMP) ## fetch + convert the datasets make all reads (DATASETS=gtsrb: only these; DATA_DIR=data)
 	$(PY) -m backdoor.data --download $(DATA_DIRFLAG) $(DATA_NAMES)
 
-fake-data: $(STAMP)
+fake-data: $(STAMP) ## synthetic stand-ins in the real on-disk formats (FAKE_DIR=DIR, FAKE_N=500)
 	$(PY) -m backdoor.data --fake $(FAKE_DIR) $(if $(FAKE_N),--n $(FAKE_N)) $(DATA_NAMES)
 	$(PY) -m backdoor.data --data-dir $(FAKE_DIR) $(if $(FAKE_N),--n $(FAKE_N)) $(DATA_NAMES)

@@ -20,6 +20,6 @@ DEFEND_FLAGS = --model $(MODEL) --data $(DATA) --defense $(DEFENSE) --profile $(
   $(call defend_opt,--out,$(if $(OUT),$(OUT),$(call p_defend,$(basename $(notdir $(MODEL)))))) $(DEVFLAG) $(DEFEND_ARGS)
 
 .PHONY: defend
-defend: $(STAMP)
+defend: $(STAMP) ## defend a model trained elsewhere: MODEL=model.pt DATA=name|folder (DEFENSE=sft)
 	$(if $(and $(MODEL),$(DATA)),,$(error make defend needs MODEL=<model file> and DATA=<dataset name or image folder>))
 	$(RUN) experiments.defend $(strip $(DEFEND_FLAGS))

@@ -26,8 +26,12 @@ $(call p_figure,$(FG),figure6): $(foreach r,$(runs),$(foreach d,$(FIG6_DEFENSES)
 	  --defenses "$(FIG6_DEFENSES)" --profile $(PROFILE) --set "$(SET)" --cost $(FIG6_COST) --out $@
 
 .PHONY: figure5 figure6 figure12 figure13 baselines
+figure5:  ## Fig. 5, CA vs ASR of the six baselines, FT and SFT on CIFAR10 (or the profile's first dataset)
+figure12: ## Fig. 12, the same on CIFAR100
+figure13: ## Fig. 13, the same on GTSRB
+figure6:  ## Fig. 6, device-hours of each defence (FIG6_COST=budget|full)
 figure5 figure6 figure12 figure13: $(STAMP)
 	@+$(SUBMAKE) $(call p_figure,$(FG),$@)
 
-baselines: $(STAMP)
+baselines: $(STAMP) ## the six baseline defences on every run, no figure
 	@+$(SUBMAKE) $(foreach r,$(runs),$(foreach d,$(BASELINES),$(call p_result,$(RS),$(r),$(d))))

@@ -17,7 +17,7 @@ SUBMAKE_LISTS += $(if $(ENC_PRE),ENC_PRE="$(ENC_PRE)" ENC_DOWN="$(ENC_DOWN)")
 
 .PHONY: figure2
 
-figure2: $(STAMP)
+figure2: $(STAMP) ## Fig. 2, encoder scenario: SimCLR -> BadEncoder -> downstream
 	@+$(SUBMAKE) $(call p_figure,$(FG),figure2)
 
 $(call p_simclr,$(ENC_CK),%): | $(STAMP)

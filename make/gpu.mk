@@ -5,5 +5,5 @@ GPU_CHECK_OUT ?= $(p_gpu_check)
 GPU_CHECK_ARGS ?=
 
 .PHONY: gpu-check
-gpu-check: $(STAMP)
+gpu-check: $(STAMP) ## measure this project on your GPU (img/s, SFT cost, CUDA paths, priced plan) in one JSON
 	$(PY) -m experiments.gpu_check $(DEVFLAG) --out $(GPU_CHECK_OUT) $(GPU_CHECK_ARGS)

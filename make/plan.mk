@@ -8,6 +8,6 @@ IMG_PER_S ?=
 BENCH     ?=
 
 .PHONY: plan
-plan: $(STAMP)
+plan: $(STAMP) ## each figure's work and the device-hours of make all (IMG_PER_S= or BENCH=)
 	@$(PY) -m experiments.plan --profile $(PROFILE) --figures "$(PLAN_FIGS)" $(if $(IMG_PER_S),--img-per-s $(IMG_PER_S)) \
 	  $(if $(BENCH),--bench $(BENCH)) $(if $(PLAN_STEPS),--steps)

@@ -7,7 +7,7 @@ REHEARSAL_DATA = $(or $(DATA_DIR),$(FAKE_DIR))
 REHEARSAL_JOBS ?= 2
 
 .PHONY: rehearsal
-rehearsal: $(STAMP)
+rehearsal: $(STAMP) ## every step of make all at real data sizes, tiny budgets, fake data
 	@+missing=; for d in $$($(PY) -c 'from backdoor.data import MAKE_ALL; print(*MAKE_ALL)'); do \
 	  test -f $(REHEARSAL_DATA)/cache/$$d.safetensors || missing="$$missing $$d"; done; \
 	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory fake-data FAKE_DIR=$(REHEARSAL_DATA) DATASETS="$$missing" \

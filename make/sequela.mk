@@ -52,5 +52,11 @@ $(eval $(call seq_reinject_figure,figure16,lf))
 $(eval $(call seq_reinject_figure,figure17,wanet))
 
 .PHONY: figure10 figure11 figure14 figure15 figure16 figure17
+figure10: ## Fig. 10, membership inference on the backdoored and each defended model
+figure11: ## Fig. 11, re-injecting BadNets into each defended model
+figure14: ## Fig. 14, the same for Blended
+figure15: ## Fig. 15, the same for InputAware
+figure16: ## Fig. 16, the same for LF
+figure17: ## Fig. 17, the same for WaNet
 figure10 figure11 figure14 figure15 figure16 figure17: $(STAMP)
 	@+$(SUBMAKE) $(call p_figure,$(FG),$@)

@@ -6,7 +6,7 @@ T1_ATTACKS  ?= badnets blended lf inputaware wanet
 T1_DATASETS ?= $(DATASETS)
 
 .PHONY: table1
-table1: $(STAMP)
+table1: $(STAMP) ## Table 1, a clean image under each of the five attacks
 	@+$(SUBMAKE) $(call p_figure,$(FG),table1)
 
 $(call p_table1,$(RS)): $(foreach d,$(T1_DATASETS),$(foreach a,$(T1_ATTACKS),$(call p_backdoor,$(CK),$(call p_run,$(d),$(a)))))

@@ -4,7 +4,6 @@
 # Sizes come from the profile's `sweeps` (experiments/profiles.py, experiments/sweeps.py); each run writes one file.
 comma := ,
 # One Python call per Make run (name=v1,v2 words); lists are read once, not per expansion.
-# (A := right-hand side is expanded even when the command line overrides it: hence the origin test.)
 ifeq ($(origin _SW),undefined)
 _SW := $(call profile_field,sweep_lists)
 endif
@@ -51,5 +50,9 @@ endef
 $(foreach n,7 8 9,$(eval $(call ablation_figure,$(n))))
 
 .PHONY: figure3 figure7 figure8 figure9
+figure3: ## Fig. 3, transfer scenario: backdoored pre-trained model -> FT / SFT downstream
+figure7: ## Fig. 7, ablation: fine-tuning set fraction
+figure8: ## Fig. 8, ablation: FT learning rate
+figure9: ## Fig. 9, ablation: SFT LR_MAX1 on 10%
 figure3 figure7 figure8 figure9: $(STAMP)
 	@+$(SUBMAKE) $(call p_figure,$(FG),$@)
