@@ -19,7 +19,8 @@ from backdoor.attacks import ATTACKS, Attack, make_attack
 from backdoor.checkpoint import (CheckpointError, atomic_write_json, environment, load_checkpoint, load_state_into,
                                  require, sidecar_path, split, split_all)
 from backdoor import data as _data
-from backdoor.data import ImageData, load_dataset
+from backdoor.data import ImageData, check_data_dir, load_dataset
+from backdoor.errors import USER_ERROR, UserExit
 from backdoor.metrics import make_evaluator
 from backdoor.models import MODELS, make_model
 from backdoor.poison import poisoned_test_set
@@ -28,8 +29,6 @@ from backdoor.train import default_device
 if TYPE_CHECKING:  # experiments.profiles imports this module
     from experiments.profiles import Profile
 
-# The one exit status of a user error (bad name, number, file or device), as argparse uses for bad arguments.
-USER_ERROR = 2
 
 
 def setup(argv_desc: str, config: dict[str, Any]) -> None:
@@ -152,16 +151,6 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
-def check_data_dir(path: Path | str | None = None) -> None:
-    """DATA_DIR must be a readable, writable directory (or not exist yet); ValueError saying so."""
-    path = Path(_data.DATA_DIR if path is None else path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"DATA_DIR={path} is a file, not a directory; point DATA_DIR at a directory")
-    if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise ValueError(f"DATA_DIR={path} is not readable and writable by this user; fix its permissions "
-                         "or point DATA_DIR elsewhere")
-
-
 def eval_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     """Sorted indices of min(n, len) images, as equal per class as the class sizes allow; each class's
     images are a seeded draw, so the subset is the same in every step that evaluates."""
@@ -231,17 +220,6 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.strerror}: {e.filename}"
     return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-class UserExit(SystemExit):
-    """Exit with status USER_ERROR; str() is the one-line message (already printed to stderr)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(USER_ERROR)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def run_main(step: Callable[[Any], None], args: Any) -> None:
