@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 from backdoor.attacks import ATTACKS, Attack, make_attack
-from backdoor.checkpoint import (CheckpointError, atomic_write_json, environment, load_checkpoint, load_state_into,
-                                 require, sidecar_path, split, split_all)
+from backdoor.checkpoint import (CheckpointError, atomic_write_json, checkpoints_read, environment, load_checkpoint,
+                                 load_state_into, require, sidecar_path, split, split_all)
 from backdoor import data as _data
 from backdoor.data import ImageData, check_data_dir, load_dataset
 from backdoor.errors import USER_ERROR, UserExit
@@ -53,7 +53,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Atomically write a results JSON with the checkpoint sidecar's provenance block (`env`) and Slurm job id."""
-    result = {**result, "env": environment()}
+    result = {**result, "checkpoints_read": checkpoints_read(), "env": environment()}
     if os.environ.get("SLURM_JOB_ID"):
         result = {**result, "slurm_job_id": os.environ["SLURM_JOB_ID"]}
     atomic_write_json(path, jsonable(result))
