@@ -115,10 +115,23 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, A
     return model.to(device), meta
 
 
-def load_backdoored(path: Path, device: torch.device) -> tuple[nn.Module, Attack, dict[str, Any]]:
-    """Rebuild the backdoored model and its attack from a checkpoint written by `standalone train`."""
+def check_provenance(meta: dict[str, Any], source: Path | str, prof: Profile) -> None:
+    """Refuse a checkpoint written under another profile, overrides or seed than the step runs (e.g. copied in)."""
+    want = {"profile": prof.name, "overrides": jsonable(dict(prof.overrides)), "seed": prof.seed}
+    for key, value in want.items():
+        if key in meta and meta[key] != value or key == "profile" and key not in meta:
+            raise CheckpointError(f"{source}: field {key} is {meta.get(key)!r}, this step runs {value!r}: a checkpoint "
+                                  "from another run; delete it (and its .safetensors) and rerun make")
+
+
+def load_backdoored(path: Path, device: torch.device, prof: Optional[Profile] = None
+                    ) -> tuple[nn.Module, Attack, dict[str, Any]]:
+    """Rebuild the backdoored model and its attack from a checkpoint written by `standalone train` (with `prof`:
+    refused unless that profile, its overrides and seed wrote it)."""
     tensors, meta = load_checkpoint(path)
     check_backdoored_meta(meta, sidecar_path(path))
+    if prof is not None:
+        check_provenance(meta, sidecar_path(path), prof)
     parts = split_all(tensors, ("model", "attack"), path)
     model = build_model(meta["arch"])
     load_state_into(model, parts["model"])

@@ -101,6 +101,11 @@ def make_trigger(args: argparse.Namespace, image_size: int) -> Optional[Attack]:
     if unknown:
         raise ValueError(f"--trigger-param {unknown[0]}: {args.trigger} has no such parameter; "
                          f"valid: {', '.join(valid)}")
+    for key, value in params.items():  # numbers must be numbers (JSON bools are not)
+        tp = valid.get(key)
+        if tp in (int, float) and not (isinstance(value, (int, float) if tp is float else int)
+                                       and not isinstance(value, bool)):
+            raise ValueError(f"--trigger-param {key}={value}: {key} must be a{'n' * (tp is int)} {tp.__name__}")
     if args.key_image:
         params["key_image"] = args.key_image
     if args.trigger == "blended":

@@ -31,6 +31,7 @@ import torch
 from backdoor.attacks import ATTACKS as ATTACK_CLASSES
 from backdoor.attacks.badencoder import PAPER_CONFIG as BADENCODER_PAPER
 from backdoor.checkpoint import atomic_write_json
+from backdoor.errors import UserExit
 from backdoor.models import DEFAULT_ARCH
 from backdoor.train import TrainConfig, precision_used
 from defenses import ABLConfig, ACConfig, Budget, FPConfig, NADConfig, NCConfig, SFTConfig, SpectralConfig
@@ -471,4 +472,5 @@ if __name__ == "__main__":
         else:
             print(field_text(p, a.field) if a.field else json.dumps(p.to_dict(), indent=1))
     except (ValueError, KeyError, AttributeError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        raise UserExit(f"error: {e}") from None
