@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_state_into, read_sidecar, require, sidecar_path, split
+from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, read_sidecar, remove_stale_tmp, require,
+                         sidecar_path, split)
 from .models import DATASET_STATS, DEFAULT_ARCH, MODELS, make_model, model_names
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -371,6 +372,7 @@ def load_image_folder(folder: Path | str, size: int, classes: Optional[dict[str,
     y = torch.tensor([classes[p.relative_to(folder).parts[0]] if classes is not None else -1 for p in files],
                      dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(cache)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     try:
         save_file({"x": x, "y": y}, str(tmp), metadata={"folder": str(folder.resolve()),

@@ -199,9 +199,9 @@ def load_data(name: str, prof: Optional[Profile] = None) -> ImageData:
     return data if prof is None else eval_subset(data, prof.eval_images, prof.seed)
 
 
-def check_writable(dirs: list[Path], need_bytes: int = 0) -> None:
+def check_writable(dirs: list[Path], need_bytes: int = 0, where: str = "ARTIFACTS/A") -> None:
     """Create `dirs` and write a probe file in each, and check `need_bytes` of free space, before any long
-    work; OSError/ValueError with one line naming the directory."""
+    work; ValueError with one line naming the directory (and `where`, the setting that moves it)."""
     for d in dirs:
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -209,12 +209,12 @@ def check_writable(dirs: list[Path], need_bytes: int = 0) -> None:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise ValueError(f"cannot write to {d} ({e.strerror or e}); make it writable or set ARTIFACTS/A "
+            raise ValueError(f"cannot write to {d} ({e.strerror or e}); make it writable or set {where} "
                              "to a writable directory") from None
         free = shutil.disk_usage(d).free
         if free < need_bytes:
             raise ValueError(f"{d} has {free / 2**20:.0f} MiB free, this step writes about "
-                             f"{need_bytes / 2**20:.0f} MiB; free some space or set ARTIFACTS/A elsewhere")
+                             f"{need_bytes / 2**20:.0f} MiB; free some space or set {where} elsewhere")
 
 
 def positive_int(text: str) -> int:

@@ -237,7 +237,7 @@ def defend(args: argparse.Namespace) -> None:
                          f"model; give 0..{data.num_classes - 1}")
     # Outputs probed before the fine-tune: a read-only or full OUT fails now, not after it (weights + sidecar).
     existing = next(d for d in (out, *out.parents) if d.exists())  # probed there: a refusal creates no folder
-    check_writable([existing], 2 * sum(t.numel() * t.element_size() for t in mf.state.values()) + 2**20)
+    check_writable([existing], 2 * sum(t.numel() * t.element_size() for t in mf.state.values()) + 2**20, "OUT/--out")
     model = build_model(mf, arch, data.num_classes, norm, args.input_size or mf.hints.get("input_size"),
                         args.width).to(device)
     cfg = prof.finetune_config(data.name if is_dataset(args.data) else "folder")
