@@ -59,9 +59,32 @@ def _git(*args: str) -> Optional[str]:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_tmp(path: Path) -> list[Path]:
+    """Remove the hidden `.<name>.<pid>.tmp` siblings of `path` left by writers that are gone (killed mid-write)."""
+    gone = []
+    for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+        pid = tmp.name[len(path.name) + 2: -len(".tmp")]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+                gone.append(tmp)
+    return gone
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary sibling, then rename, so readers never see half a file."""
+    """Write to a temporary sibling, then rename, so readers never see half a file (stale siblings removed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
@@ -102,7 +125,12 @@ def save_checkpoint(path: Path | str, tensors: dict[str, torch.Tensor], meta: di
     meta = {**meta, "sha256": hashlib.sha256(blob).hexdigest(), "env": environment()}
     # Weights are renamed into place last: their presence means the pair is complete.
     atomic_write_json(sidecar_path(path), meta)
-    atomic_write_bytes(path, blob)
+    try:
+        atomic_write_bytes(path, blob)
+    except OSError:  # e.g. a full disk: no sidecar without its weights
+        with contextlib.suppress(OSError):
+            sidecar_path(path).unlink()
+        raise
     return path
 
 
@@ -161,7 +189,26 @@ def load_checkpoint(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str
     if field:
         raise CheckpointError(f"{sidecar_path(path)}: field {field} differs from the value recorded in the "
                               "weights file: sidecar edited or tampered; delete both and re-run the step")
+    _READ[str(path)] = meta["sha256"]
     return tensors, meta
+
+
+# Every checkpoint this process has loaded (path -> verified SHA-256): each result names what it was computed from.
+_READ: dict[str, str] = {}
+
+
+def file_sha256(path: Path | str) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(2**20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def checkpoints_read() -> dict[str, str]:
+    """{path: SHA-256} of every checkpoint `load_checkpoint` has verified in this process, in load order."""
+    return dict(_READ)
 
 
 def require(meta: dict[str, Any], source: Path | str, field: str, kind: type | tuple[type, ...],

@@ -12,6 +12,7 @@ import csv
 import logging
 import os
 import pickle
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
@@ -19,6 +20,9 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
+from numpy._core.multiarray import _reconstruct
+
+from .errors import UserExit
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +92,45 @@ _CIFAR = {  # folder, train files, test files, label key (as in the official pyt
 }
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """`_codecs.encode` as Python 3's protocol-2 pickles use it for bytes; any other codec is refused."""
+    if encoding != "latin1":
+        raise pickle.UnpicklingError(f"_codecs.encode with codec {encoding!r}")
+    return text.encode("latin1")
+
+
+# What the official python batches (and our fakes) hold besides dict/list/str/bytes/int: numpy's plain array
+# reconstruction (numpy 1 names in the official files, numpy 2 names in files pickled here).
+_SAFE_GLOBALS: dict[tuple[str, str], object] = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct, ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype, ("_codecs", "encode"): _latin1_encode,
+}
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """An unpickler that builds data only: any global outside _SAFE_GLOBALS is refused, so nothing runs."""
+
+    def find_class(self, module: str, name: str) -> object:
+        found = _SAFE_GLOBALS.get((module, name))
+        if found is None:
+            raise pickle.UnpicklingError(f"it needs {module}.{name}")
+        return found
+
+
 def _unpickle(name: str, path: Path) -> dict:
+    """A CIFAR python batch parsed as data: a pickle that needs any other callable is refused unrun."""
     if not path.is_file():
         raise DatasetMissing(name, path.parent, f"{name}: {path} is missing")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")  # py2 pickles: str keys under latin1
+            batch = _DataUnpickler(f, encoding="latin1").load()  # py2 pickles: str keys under latin1
+    except pickle.UnpicklingError as e:
+        raise _bad(name, f"refusing {path}: it is not plain data, loading it would run code ({e})") from None
     except Exception as e:
         raise _bad(name, f"{path} is unreadable ({type(e).__name__}: truncated or not a CIFAR batch)") from None
+    if not isinstance(batch, dict):
+        raise _bad(name, f"{path} holds a {type(batch).__name__}, not a CIFAR batch (a dict)")
+    return batch
 
 
 def _cifar_reader(name: str) -> Callable[[Path, tuple[int, int]], Splits]:
@@ -128,6 +163,7 @@ GTSRB_ARCHIVES = {  # file -> md5 (torchvision's gtsrb.py for the two test files
 GTSRB_TRAIN = Path("GTSRB/Final_Training/Images")  # 000NN/GT-000NN.csv + NNNNN_NNNNN.ppm
 GTSRB_RERELEASE = Path("GTSRB/Training")  # torchvision's GTSRB-Training_fixed.zip (26,640 images)
 GTSRB_TEST, GTSRB_TEST_GT = Path("GTSRB/Final_Test/Images"), Path("GT-final_test.csv")
+GTSRB_MAX_PIXELS = 1024 * 1024  # real signs are at most 250x250 px; a larger header is a decompression bomb
 
 
 def _csv_rows(path: Path) -> list[tuple[str, int]]:
@@ -166,8 +202,10 @@ def _read_ppms(items: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tenso
     for i, (path, _) in enumerate(items):
         try:
             with Image.open(path) as img:
+                if img.width * img.height > GTSRB_MAX_PIXELS:  # the header's size, read before decoding
+                    raise ValueError(f"{img.width}x{img.height} pixels")
                 x[i] = np.asarray(img.convert("RGB").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BILINEAR))
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
             raise _bad("gtsrb", f"{path} is missing or unreadable ({type(e).__name__})") from None
     return torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), _labels([y for _, y in items])
 
@@ -343,8 +381,23 @@ def _write_cache(path: Path, data: ImageData) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tensors = {k: getattr(data, k).contiguous() for k in _KEYS}
     meta = {"name": data.name, "num_classes": str(data.num_classes), "version": CACHE_VERSION}
-    save_file(tensors, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except OSError as e:  # a full disk or read-only DATA_DIR: say where, leave no partial file
+        tmp.unlink(missing_ok=True)
+        raise DatasetError(f"cannot write the cache {path} ({e.strerror or e}); free space in {path.parent} "
+                           "or point DATA_DIR elsewhere") from None
+
+
+def check_data_dir(path: Path | str | None = None) -> None:
+    """DATA_DIR must be a readable, writable directory (or not exist yet); ValueError saying so."""
+    path = Path(DATA_DIR if path is None else path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"DATA_DIR={path} is a file, not a directory; point DATA_DIR at a directory")
+    if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
+        raise ValueError(f"DATA_DIR={path} is not readable and writable by this user; fix its permissions "
+                         "or point DATA_DIR elsewhere")
 
 
 def _source(name: str) -> Source:
@@ -534,18 +587,23 @@ def main(argv: list[str] | None = None) -> None:
     names = args.names or list(MAKE_ALL)
     try:
         [_source(name) for name in names]
-    except ValueError as e:
-        raise SystemExit(str(e)) from None
+        check_data_dir(args.fake or args.data_dir)
+        _convert(args, names)
+    except (DatasetError, ValueError, OSError) as e:
+        message = str(e) if not isinstance(e, OSError) or not e.filename else f"{e.strerror}: {e.filename}"
+        print(f"error: {message}", file=sys.stderr)
+        raise UserExit(message) from None
+
+
+def _convert(args: argparse.Namespace, names: list[str]) -> None:
+    """Write fakes (--fake) or convert each named dataset into the cache."""
     for name in names:
         if args.fake:
             n, n_test = write_fake(name, args.fake, args.n, seed=args.seed) if name in _FAKES else (0, 0)
             print(f"{name}: fake train {n} test {n_test} -> {args.fake}")
             continue
         sizes = _counts(name, args.n, None) if args.n is not None and name in _FAKES else None
-        try:
-            d = load_dataset(name, args.data_dir, download=args.download, sizes=sizes)
-        except DatasetError as e:
-            raise SystemExit(str(e)) from None
+        d = load_dataset(name, args.data_dir, download=args.download, sizes=sizes)
         print(f"{name}: train {tuple(d.x_train.shape)} test {tuple(d.x_test.shape)} "
               f"classes {d.num_classes} -> {cache_path(name, args.data_dir)}")
 

@@ -13,6 +13,8 @@ import json
 import os
 import pickle
 import re
+import struct
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -21,8 +23,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import CheckpointError, load_checkpoint, load_state_into, sidecar_path, split
-from .models import DATASET_STATS, MODELS, make_model
+from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, read_sidecar, remove_stale_tmp, require,
+                         sidecar_path, split)
+from .models import DATASET_STATS, DEFAULT_ARCH, MODELS, make_model, model_names
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
@@ -43,6 +46,10 @@ BACKDOORBENCH_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 # are torchvision's own and load under the same name).
 BACKDOORBENCH_MODELS: dict[str, str] = {"preactresnet18": "preactresnet18"}
 _BACKDOORBENCH_KEYS = ("model_name", "num_classes", "model")
+# A pickle names its arch only inside, so its bound is the largest classifier model_names() builds
+# (vit_h_14: 2.52 GB in fp32, tests/test_trust.py) with some room.
+MAX_PICKLE_BYTES = 3 * 2**30
+SAFETENSORS_MAX_HEADER = 100 * 2**20  # the safetensors format's own header limit
 
 
 def _numpy_globals() -> list:
@@ -105,19 +112,33 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
+def _positive(v: Any) -> bool:
+    return v > 0
+
+
+def _image_side(v: Any) -> bool:
+    """BackdoorBench's img_size: (H, W, C) or a side, every entry a positive int."""
+    sides = list(v) if isinstance(v, (list, tuple)) else [v]
+    return bool(sides) and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sides)
+
+
 def _backdoorbench(path: Path, obj: dict) -> ModelFile:
     """BackdoorBench's attack_result.pt / defense_result.pt: state dict under `model`, name, class count."""
-    name = str(obj["model_name"])
+    name = require(obj, path, "model_name", str, bool, "a model name")
+    classes = require(obj, path, "num_classes", int, _positive, "a positive integer")
+    clean = require(obj, path, "clean_data", (str, type(None)), want="a dataset name", default=None)
+    size = require(obj, path, "img_size", (int, list, tuple, type(None)), lambda v: v is None or _image_side(v),
+                   "positive ints, e.g. [32, 32, 3]", default=None)
     state = obj["model"]
     if not _is_state(state):
         raise CheckpointError(f"{path}: BackdoorBench's 'model' entry is not a state dict; {EXPORT_HINT}")
-    hints: dict[str, Any] = {"arch": BACKDOORBENCH_MODELS.get(name, name), "num_classes": int(obj["num_classes"])}
+    hints: dict[str, Any] = {"arch": BACKDOORBENCH_MODELS.get(name, name), "num_classes": classes}
     if name.startswith("vit_"):  # BackdoorBench wraps ViTs as Sequential(Resize(224), net)
         state, hints["input_size"] = {k[2:]: v for k, v in state.items() if k.startswith("1.")}, 224
-    if obj.get("clean_data") in BACKDOORBENCH_STATS:
-        hints["norm"], hints["dataset"] = BACKDOORBENCH_STATS[obj["clean_data"]], obj["clean_data"]
-    if obj.get("img_size") is not None:
-        hints["image_size"] = int(list(obj["img_size"])[0])
+    if clean in BACKDOORBENCH_STATS:
+        hints["norm"], hints["dataset"] = BACKDOORBENCH_STATS[clean], clean
+    if size is not None:
+        hints["image_size"] = size[0] if isinstance(size, (list, tuple)) else size
     return ModelFile(path, "backdoorbench", _strip_prefixes(state), hints)
 
 
@@ -144,25 +165,87 @@ def _from_safetensors(path: Path) -> ModelFile:
         except SafetensorError as e:
             raise CheckpointError(f"{path} is not a valid safetensors file ({e}); {EXPORT_HINT}") from None
     tensors, meta = load_checkpoint(path)
-    arch = meta.get("arch", {})
-    hints = {"arch": arch.get("name"), "num_classes": arch.get("num_classes"), "width": arch.get("width"),
-             "dataset": arch.get("dataset"), "input_size": arch.get("input_size")}
+    side = sidecar_path(path)
+    require(meta, side, "arch", dict, want="a JSON object", default={})
+    hints = {"arch": require(meta, side, "arch.name", str, default=None),
+             "num_classes": require(meta, side, "arch.num_classes", int, _positive, "a positive integer", default=None),
+             "width": require(meta, side, "arch.width", (int, type(None)), lambda v: v is None or v > 0,
+                              "a positive integer", default=None),
+             "dataset": require(meta, side, "arch.dataset", (str, type(None)), default=None),
+             "input_size": require(meta, side, "arch.input_size", (int, type(None)), lambda v: v is None or v > 0,
+                                   "a positive integer", default=None)}
     return ModelFile(path, "checkpoint", split(tensors, "model") or tensors,
                      {k: v for k, v in hints.items() if v is not None})
 
 
-def read_model_file(path: Path | str) -> ModelFile:
-    """Read a model file's weights and hints; unsafe, missing or unknown files raise CheckpointError."""
+def state_bytes(arch: str, num_classes: int = 1000, width: int = 64) -> int:
+    """Bytes of `arch`'s state dict, counted on the meta device (no memory, a fraction of a second)."""
+    with torch.device("meta"):
+        model = make_model(arch, num_classes, width)
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def size_limit(arch: Optional[str]) -> int:
+    """The most bytes a model file of `arch` may declare: 4x its 1000-class state (wider nets, extra entries)
+    plus 64 MiB; no arch known (a pickle names it inside): MAX_PICKLE_BYTES."""
+    return MAX_PICKLE_BYTES if arch is None else 4 * state_bytes(arch) + 64 * 2**20
+
+
+def _declared_bytes(path: Path) -> int:
+    """What reading `path` whole would allocate, from its header or zip directory alone."""
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            n = struct.unpack("<Q", f.read(8).ljust(8, b"\0"))[0]
+            if n > SAFETENSORS_MAX_HEADER:
+                return 0  # not safetensors (e.g. a renamed pickle): the reader refuses it in one line
+            try:
+                header = json.loads(f.read(n))
+                ends = [int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"]
+            except (ValueError, TypeError, KeyError, IndexError):
+                return 0  # not safetensors: the reader refuses it in one line
+        return 8 + n + max(ends, default=0)
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as z:
+            inflated = sum(i.file_size for i in z.infolist())
+        # torch.save stores its records uncompressed: a zip that inflates was not written by it.
+        return inflated if inflated > 2 * path.stat().st_size + 2**20 else path.stat().st_size
+    return path.stat().st_size
+
+
+def check_size(path: Path, arch: Optional[str]) -> None:
+    """Refuse a model file that declares (or inflates to) far more bytes than `arch` needs, before reading it."""
+    declared, limit = _declared_bytes(path), size_limit(arch)
+    if declared > limit:
+        raise CheckpointError(f"refusing {path}: it declares {declared / 2**20:.0f} MiB, more than "
+                              f"{arch or 'any supported architecture'} can need ({limit / 2**20:.0f} MiB); "
+                              "a damaged or hostile file (pass the right --arch if it is real)")
+
+
+def read_model_file(path: Path | str, arch: Optional[str] = None) -> ModelFile:
+    """Read a model file's weights and hints; unsafe, missing, unknown or oversized files raise CheckpointError.
+
+    `arch` (--arch) bounds the file's size; else our sidecar's arch, a plain safetensors' DEFAULT_ARCH."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"model file {path} not found; pass an existing file with --model")
     if path.suffix not in MODEL_SUFFIXES:
         raise CheckpointError(f"{path}: unknown model file type {path.suffix!r}; "
                               f"use one of {', '.join(MODEL_SUFFIXES)}")
+    if arch is None and path.suffix == ".safetensors":
+        arch = _sidecar_arch(path)
+    check_size(path, arch if arch in model_names() else None)
     mf = _from_safetensors(path) if path.suffix == ".safetensors" else _from_pickle(path)
     if not mf.state:
         raise CheckpointError(f"{path} holds no tensors")
     return mf
+
+
+def _sidecar_arch(path: Path) -> str:
+    """The arch our sidecar names (else DEFAULT_ARCH: a plain safetensors has only --arch to go by)."""
+    if not sidecar_path(path).is_file():
+        return DEFAULT_ARCH
+    arch = read_sidecar(path).get("arch")
+    return arch.get("name", DEFAULT_ARCH) if isinstance(arch, dict) else DEFAULT_ARCH
 
 
 def first_mismatch(model: nn.Module, state: dict[str, torch.Tensor]) -> Optional[str]:
@@ -289,6 +372,7 @@ def load_image_folder(folder: Path | str, size: int, classes: Optional[dict[str,
     y = torch.tensor([classes[p.relative_to(folder).parts[0]] if classes is not None else -1 for p in files],
                      dtype=torch.int64)
     cache.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_tmp(cache)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
     try:
         save_file({"x": x, "y": y}, str(tmp), metadata={"folder": str(folder.resolve()),

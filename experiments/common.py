@@ -16,10 +16,11 @@ import torch
 import torch.nn as nn
 
 from backdoor.attacks import ATTACKS, Attack, make_attack
-from backdoor.checkpoint import (CheckpointError, atomic_write_json, environment, load_checkpoint, load_state_into,
-                                 require, sidecar_path, split, split_all)
+from backdoor.checkpoint import (CheckpointError, atomic_write_json, checkpoints_read, environment, load_checkpoint,
+                                 load_state_into, require, sidecar_path, split, split_all)
 from backdoor import data as _data
-from backdoor.data import ImageData, load_dataset
+from backdoor.data import ImageData, check_data_dir, load_dataset
+from backdoor.errors import USER_ERROR, UserExit
 from backdoor.metrics import make_evaluator
 from backdoor.models import MODELS, make_model
 from backdoor.poison import poisoned_test_set
@@ -28,8 +29,6 @@ from backdoor.train import default_device
 if TYPE_CHECKING:  # experiments.profiles imports this module
     from experiments.profiles import Profile
 
-# The one exit status of a user error (bad name, number, file or device), as argparse uses for bad arguments.
-USER_ERROR = 2
 
 
 def setup(argv_desc: str, config: dict[str, Any]) -> None:
@@ -54,7 +53,7 @@ def jsonable(obj: Any) -> Any:
 
 def write_result(path: Path, result: dict[str, Any]) -> None:
     """Atomically write a results JSON with the checkpoint sidecar's provenance block (`env`) and Slurm job id."""
-    result = {**result, "env": environment()}
+    result = {**result, "checkpoints_read": checkpoints_read(), "env": environment()}
     if os.environ.get("SLURM_JOB_ID"):
         result = {**result, "slurm_job_id": os.environ["SLURM_JOB_ID"]}
     atomic_write_json(path, jsonable(result))
@@ -116,10 +115,23 @@ def load_model(path: Path, device: torch.device) -> tuple[nn.Module, dict[str, A
     return model.to(device), meta
 
 
-def load_backdoored(path: Path, device: torch.device) -> tuple[nn.Module, Attack, dict[str, Any]]:
-    """Rebuild the backdoored model and its attack from a checkpoint written by `standalone train`."""
+def check_provenance(meta: dict[str, Any], source: Path | str, prof: Profile) -> None:
+    """Refuse a checkpoint written under another profile, overrides or seed than the step runs (e.g. copied in)."""
+    want = {"profile": prof.name, "overrides": jsonable(dict(prof.overrides)), "seed": prof.seed}
+    for key, value in want.items():
+        if key in meta and meta[key] != value or key == "profile" and key not in meta:
+            raise CheckpointError(f"{source}: field {key} is {meta.get(key)!r}, this step runs {value!r}: a checkpoint "
+                                  "from another run; delete it (and its .safetensors) and rerun make")
+
+
+def load_backdoored(path: Path, device: torch.device, prof: Optional[Profile] = None
+                    ) -> tuple[nn.Module, Attack, dict[str, Any]]:
+    """Rebuild the backdoored model and its attack from a checkpoint written by `standalone train` (with `prof`:
+    refused unless that profile, its overrides and seed wrote it)."""
     tensors, meta = load_checkpoint(path)
     check_backdoored_meta(meta, sidecar_path(path))
+    if prof is not None:
+        check_provenance(meta, sidecar_path(path), prof)
     parts = split_all(tensors, ("model", "attack"), path)
     model = build_model(meta["arch"])
     load_state_into(model, parts["model"])
@@ -150,16 +162,6 @@ def resolve_device(name: str | None) -> torch.device:
     elif device.type != "cpu":
         raise ValueError(f"--device {name}: only cpu and cuda devices are supported")
     return device
-
-
-def check_data_dir(path: Path | str | None = None) -> None:
-    """DATA_DIR must be a readable, writable directory (or not exist yet); ValueError saying so."""
-    path = Path(_data.DATA_DIR if path is None else path)
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"DATA_DIR={path} is a file, not a directory; point DATA_DIR at a directory")
-    if path.is_dir() and not os.access(path, os.R_OK | os.W_OK | os.X_OK):
-        raise ValueError(f"DATA_DIR={path} is not readable and writable by this user; fix its permissions "
-                         "or point DATA_DIR elsewhere")
 
 
 def eval_indices(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -197,9 +199,9 @@ def load_data(name: str, prof: Optional[Profile] = None) -> ImageData:
     return data if prof is None else eval_subset(data, prof.eval_images, prof.seed)
 
 
-def check_writable(dirs: list[Path], need_bytes: int = 0) -> None:
+def check_writable(dirs: list[Path], need_bytes: int = 0, where: str = "ARTIFACTS/A") -> None:
     """Create `dirs` and write a probe file in each, and check `need_bytes` of free space, before any long
-    work; OSError/ValueError with one line naming the directory."""
+    work; ValueError with one line naming the directory (and `where`, the setting that moves it)."""
     for d in dirs:
         try:
             d.mkdir(parents=True, exist_ok=True)
@@ -207,12 +209,12 @@ def check_writable(dirs: list[Path], need_bytes: int = 0) -> None:
             probe.write_bytes(b"")
             probe.unlink()
         except OSError as e:
-            raise ValueError(f"cannot write to {d} ({e.strerror or e}); make it writable or set ARTIFACTS/A "
+            raise ValueError(f"cannot write to {d} ({e.strerror or e}); make it writable or set {where} "
                              "to a writable directory") from None
         free = shutil.disk_usage(d).free
         if free < need_bytes:
             raise ValueError(f"{d} has {free / 2**20:.0f} MiB free, this step writes about "
-                             f"{need_bytes / 2**20:.0f} MiB; free some space or set ARTIFACTS/A elsewhere")
+                             f"{need_bytes / 2**20:.0f} MiB; free some space or set {where} elsewhere")
 
 
 def positive_int(text: str) -> int:
@@ -231,17 +233,6 @@ def _one_line(e: BaseException) -> str:
     if isinstance(e, OSError) and e.filename and e.strerror:
         return f"{e.strerror}: {e.filename}"
     return str(e).splitlines()[0] if str(e) else type(e).__name__
-
-
-class UserExit(SystemExit):
-    """Exit with status USER_ERROR; str() is the one-line message (already printed to stderr)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(USER_ERROR)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def run_main(step: Callable[[Any], None], args: Any) -> None:

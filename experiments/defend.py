@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -21,7 +22,7 @@ import torch
 import torch.nn as nn
 
 from backdoor.attacks import ATTACKS, Attack, make_attack
-from backdoor.checkpoint import save_model
+from backdoor.checkpoint import file_sha256, save_model
 from backdoor.data import DATA_DIR, DATASETS, IMAGE_SIZE, ImageData, load_dataset
 from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_model, folder_classes,
                                load_image_folder, read_model_file, triggered_classes)
@@ -31,8 +32,9 @@ from backdoor.train import precision_used
 from defenses import DefenseContext, get_defense
 from defenses.common import clean_subset
 from experiments import paths
-from experiments.common import evaluator_for, jsonable, resolve_device, run_main, setup, write_result
-from experiments.profiles import add_profile_args, resolve
+from experiments.common import (check_writable, evaluator_for, jsonable, resolve_device, run_main, setup,
+                                write_result)
+from experiments.profiles import add_profile_args, attack_param_types, resolve
 
 # Attacks whose trigger is fully given by their parameters; the others (WaNet's random warp, LF's
 # DeepFool perturbation, InputAware's generator) only exist in the state of the run that trained them.
@@ -94,11 +96,24 @@ def make_trigger(args: argparse.Namespace, image_size: int) -> Optional[Attack]:
         raise ValueError(f"--trigger {args.trigger!r}: {why}; name one of {', '.join(PARAM_TRIGGERS)} "
                          "or pass a folder of triggered images with --trigger-folder")
     params = {"target": args.target, **parse_params(args.trigger_param)}
+    valid = attack_param_types(args.trigger)
+    unknown = sorted(set(params) - set(valid) - {"target"})
+    if unknown:
+        raise ValueError(f"--trigger-param {unknown[0]}: {args.trigger} has no such parameter; "
+                         f"valid: {', '.join(valid)}")
+    for key, value in params.items():  # numbers must be numbers (JSON bools are not)
+        tp = valid.get(key)
+        if tp in (int, float) and not (isinstance(value, (int, float) if tp is float else int)
+                                       and not isinstance(value, bool)):
+            raise ValueError(f"--trigger-param {key}={value}: {key} must be a{'n' * (tp is int)} {tp.__name__}")
     if args.key_image:
         params["key_image"] = args.key_image
     if args.trigger == "blended":
         params.setdefault("size", image_size)
-    return make_attack(args.trigger, **params)
+    try:
+        return make_attack(args.trigger, **params)
+    except (TypeError, ValueError) as e:  # a value of the wrong type or range (e.g. size=abc)
+        raise ValueError(f"--trigger-param {' '.join(args.trigger_param)}: {str(e).splitlines()[0]}") from None
 
 
 def is_dataset(name: str) -> bool:
@@ -176,15 +191,28 @@ def check_args(args: argparse.Namespace) -> Path:
         raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.trigger_folder and args.trigger:
         raise ValueError("name a trigger with --trigger or give --trigger-folder, not both")
+    check_numbers(args)
     out = Path(args.out) if args.out else paths.path("defend", stem=Path(args.model).stem)
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
     return out
 
 
+def check_numbers(args: argparse.Namespace) -> None:
+    """Sizes and counts must be >= 1 and rates finite and > 0 (0 is not "unset"); --target >= 0."""
+    for flag in ("num_classes", "width", "epochs", "batch_size", "image_size", "input_size"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be >= 1, got {value}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
+    if args.target < 0:
+        raise ValueError(f"--target (BD_TARGET) must be a class index >= 0, got {args.target}")
+
+
 def resolve_model_file(args: argparse.Namespace) -> tuple[ModelFile, str, tuple, dict[str, str]]:
     """The model file (normalisation buffers dropped when flags override them), arch, norm, their sources."""
-    mf = read_model_file(args.model)
+    mf = read_model_file(args.model, args.arch)
     arch, arch_source = resolve_arch(args, mf)
     norm, norm_source = resolve_norm(args, mf)
     if norm_source.startswith("--"):  # the user's flags beat the file's own normalisation buffers
@@ -204,6 +232,12 @@ def defend(args: argparse.Namespace) -> None:
         args.image_size or mf.hints.get("image_size") or DEFAULT_IMAGE_SIZE)
     attack = make_trigger(args, image_size)
     data, classes = load_clean_data(args, args.num_classes or mf.hints.get("num_classes"), image_size)
+    if args.target >= data.num_classes:
+        raise ValueError(f"--target (BD_TARGET) {args.target} is not a class of this {data.num_classes}-class "
+                         f"model; give 0..{data.num_classes - 1}")
+    # Outputs probed before the fine-tune: a read-only or full OUT fails now, not after it (weights + sidecar).
+    existing = next(d for d in (out, *out.parents) if d.exists())  # probed there: a refusal creates no folder
+    check_writable([existing], 2 * sum(t.numel() * t.element_size() for t in mf.state.values()) + 2**20, "OUT/--out")
     model = build_model(mf, arch, data.num_classes, norm, args.input_size or mf.hints.get("input_size"),
                         args.width).to(device)
     cfg = prof.finetune_config(data.name if is_dataset(args.data) else "folder")
@@ -236,7 +270,7 @@ def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, c
     hours = result.info.get("device_hours", sum(r["seconds"] for r in result.history) / 3600)
     keep = ("ca", "asr", "ra")
     trigger = args.trigger or args.trigger_folder
-    return {"model": str(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
+    return {"model": str(mf.path), "model_sha256": file_sha256(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
             "test_data": args.test_data or args.data, "clean_images": n_clean, "fraction": args.fraction,
             "defense": args.defense, "profile": args.profile, "overrides": args.set, "finetune": cfg,
             "precision": precision_used(device, cfg.bf16),

@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from backdoor.errors import UserExit
+
 log = logging.getLogger("launch")
 
 LAUNCHERS = ("local", "slurm")
@@ -112,6 +114,18 @@ def output_lock(target: Path | None, locks: Path) -> Iterator[bool]:
             fcntl.flock(f, fcntl.LOCK_EX)
             waited = True
         yield waited and _mtime(target) not in (None, before)
+
+
+def check_locks(target: Path | None, locks: Path) -> None:
+    """Create the lock folder (and the output's folder and lock file) now: OSError here, not a traceback later."""
+    locks.mkdir(parents=True, exist_ok=True)
+    if target is not None:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        open(output_lock_path(target, locks), "a").close()
+    else:
+        probe = locks / f".probe.{os.getpid()}"
+        probe.touch()
+        probe.unlink()
 
 
 def launch_local(module: str, args: Sequence[str], gpus: Sequence[str] = (), locks: Path = Path()) -> None:
@@ -246,6 +260,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     log.addHandler(handler)
     log.setLevel(logging.INFO)
     log.propagate = False  # the step configures the root logger itself
+    try:
+        check_locks(a.target, a.locks)
+    except OSError as e:
+        message = (f"launch: cannot create lock files in {a.locks} ({e.strerror or e}); make A (ARTIFACTS) a "
+                   "writable directory")
+        print(message, file=sys.stderr)
+        raise UserExit(message) from None
     with output_lock(a.target, a.locks) as done:
         if done:
             log.info("%s was built by another run while this one waited; skipping", a.target)

@@ -20,6 +20,7 @@ import argparse
 import hashlib
 import inspect
 import json
+import math
 import sys
 import types
 from dataclasses import asdict, dataclass, field, fields, is_dataclass, replace
@@ -30,6 +31,7 @@ import torch
 from backdoor.attacks import ATTACKS as ATTACK_CLASSES
 from backdoor.attacks.badencoder import PAPER_CONFIG as BADENCODER_PAPER
 from backdoor.checkpoint import atomic_write_json
+from backdoor.errors import UserExit
 from backdoor.models import DEFAULT_ARCH
 from backdoor.train import TrainConfig, precision_used
 from defenses import ABLConfig, ACConfig, Budget, FPConfig, NADConfig, NCConfig, SFTConfig, SpectralConfig
@@ -111,6 +113,15 @@ class Profile:
         if self.finetune_epochs < 1 or self.attack_train.epochs < 1:
             raise ValueError(f"profile {self.name!r}: finetune_epochs and attack_train.epochs must be >= 1 "
                              f"(got {self.finetune_epochs}, {self.attack_train.epochs})")
+        sizes = {"width": self.width, "finetune_batch": self.finetune_batch, "encoder.width": self.encoder.width,
+                 "encoder.shadow_size": self.encoder.shadow_size,
+                 "eval_images": 1 if self.eval_images is None else self.eval_images}
+        small = [f"{k}={v}" for k, v in sizes.items() if v < 1]
+        if small:
+            raise ValueError(f"profile {self.name!r}: {small[0]}: sizes must be >= 1 (eval_images: none = all)")
+        if not self.ft_lr > 0 or self.target < 0:
+            raise ValueError(f"profile {self.name!r}: ft_lr must be > 0 (got {self.ft_lr}) and target >= 0 "
+                             f"(got {self.target})")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"profile {self.name!r}: seeds {self.seeds} repeat a seed; give each once")
         if self.precision not in PRECISIONS:
@@ -343,10 +354,13 @@ def _parse(text: str, tp: Any, key: str) -> Any:
     try:
         if tp is bool:
             return {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}[text.lower()]
-        if tp in (int, float, str):
-            return tp(text)
+        value = tp(text) if tp in (int, float, str) else None
     except (KeyError, ValueError):
         raise ValueError(f"--set {key}={text}: not a valid {getattr(tp, '__name__', tp)}") from None
+    if tp is float and not math.isfinite(value):  # "nan"/"inf" parse, then fail an epoch in
+        raise ValueError(f"--set {key}={text}: not a finite number; give a float such as 0.01")
+    if tp in (int, float, str):
+        return value
     raise ValueError(f"--set {key}: a {tp} cannot be set from the command line; set one of its fields")
 
 
@@ -462,4 +476,5 @@ if __name__ == "__main__":
     try:
         print(cli_text(a.profile, a.field, a.set))
     except (ValueError, KeyError, AttributeError) as e:
-        sys.exit(f"error: {e}")
+        print(f"error: {e}", file=sys.stderr)
+        raise UserExit(f"error: {e}") from None

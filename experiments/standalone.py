@@ -71,7 +71,7 @@ def defend(args: argparse.Namespace) -> None:
     at = {"dataset": args.dataset, "attack": args.attack}
     ck, rs = paths.checkpoints(prof.name), paths.results(prof.name)
     ckpt = paths.path("backdoor", ck, **at)
-    model, attack, meta = load_backdoored(ckpt, device)
+    model, attack, meta = load_backdoored(ckpt, device, prof)
     cfg = prof.finetune_config(args.dataset)
     setup(f"defend {args.dataset}/{args.attack} with {args.defense} ({prof.name})",
           {"finetune": cfg, "sft": prof.sft, "checkpoint": ckpt, "device": device,

@@ -17,6 +17,27 @@ from experiments.common import read_json, run_main
 from experiments.profiles import add_profile_args, profile_from
 
 
+def _number(v: object) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def read_result(path: Path) -> dict:
+    """A defence's results JSON, its shape checked: one ValueError naming the file and the first bad field."""
+    r = read_json(path)
+    checks = [("(top level)", lambda: isinstance(r, dict)), ("before", lambda: isinstance(r["before"], dict)),
+              ("final", lambda: isinstance(r["final"], dict)), ("device_hours", lambda: _number(r["device_hours"])),
+              ("history", lambda: isinstance(r["history"], list) and all(isinstance(h, dict) for h in r["history"]))]
+    checks += [(f"{k}.{m}", lambda k=k, m=m: _number(r[k][m])) for k in ("before", "final") for m in ("ca", "asr")]
+    for name, ok in checks:
+        try:
+            good = ok()
+        except (KeyError, TypeError):
+            good = False
+        if not good:
+            raise ValueError(f"{path}: field {name} is missing or of the wrong type; delete it and rerun make")
+    return r
+
+
 def charged_hours(result: dict, epochs: Optional[int]) -> float:
     """Device hours of a defence run after `epochs` epochs (None: the whole run), from its history's clock."""
     if epochs is None:
@@ -56,7 +77,7 @@ def table(results: str | Path | Sequence[str | Path], datasets: list[str], attac
                        + ", ".join(d.name for d in dirs))
     for d in datasets:
         for a in attacks:
-            runs = [tuple(read_json(paths.path("result", r, dataset=d, attack=a, defense=f)) for f in ("ft", "sft"))
+            runs = [tuple(read_result(paths.path("result", r, dataset=d, attack=a, defense=f)) for f in ("ft", "sft"))
                     for r in dirs]
 
             def pair(get) -> str:

@@ -8,6 +8,8 @@ REHEARSAL_JOBS ?= 2
 
 .PHONY: rehearsal
 rehearsal: $(STAMP) ## every step of make all at real data sizes, tiny budgets, fake data
+	$(if $(and $(filter-out file,$(origin PROFILE)),$(filter-out rehearsal,$(PROFILE))),$(error make rehearsal runs PROFILE=rehearsal \
+	  (paper's every step at tiny budgets); drop PROFILE=$(PROFILE), or run make all PROFILE=$(PROFILE)))
 	@+missing=; for d in $$($(PY) -c 'from backdoor.data import MAKE_ALL; print(*MAKE_ALL)'); do \
 	  test -f $(REHEARSAL_DATA)/cache/$$d.safetensors || missing="$$missing $$d"; done; \
 	if [ -n "$$missing" ]; then $(MAKE) --no-print-directory fake-data FAKE_DIR=$(REHEARSAL_DATA) DATASETS="$$missing" \
