@@ -264,7 +264,8 @@ def defend(args: argparse.Namespace) -> None:
 def sft_schedule(args: argparse.Namespace, sft: SFTConfig, ctx: DefenseContext) -> tuple[SFTConfig, dict]:
     """The profile's SFT schedule made to fit the user's data: the half-cycle in epochs off the paper's
     datasets, a warning when LR_MAX1 is out of reach, and LR_MAX1 from the guard unless --set sft.lr_max1."""
-    if not (is_dataset(args.data) and args.data in get_profile("paper").datasets):
+    given = {s.partition("=")[0].strip() for s in args.set}
+    if not (is_dataset(args.data) and args.data in get_profile("paper").datasets or "sft.half_cycle_steps" in given):
         sft = sft.in_epochs()
     cfg = ctx.train
     spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last, cfg.max_steps)
@@ -272,7 +273,7 @@ def sft_schedule(args: argparse.Namespace, sft: SFTConfig, ctx: DefenseContext) 
     if problem:
         print(f"warning: {problem}")
     info: dict[str, Any] = {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe}
-    if any(s.partition("=")[0].strip() == "sft.lr_max1" for s in args.set):
+    if "sft.lr_max1" in given:
         print(f"sft: LR_MAX1 {sft.lr_max1:g} (--set)")
         return sft, {**info, "lr_max1": sft.lr_max1, "lr_max1_source": "--set"}
     guard = choose_lr_max1(ctx, sft)
