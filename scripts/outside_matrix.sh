@@ -1,24 +1,25 @@
 #!/usr/bin/env bash
 # Issue 25's done-when matrix: outside models trained by scripts/outside_models.py, defended by `make defend`
 # with no tuning flags, one line per run in $OUT/table.tsv (docs/defend.md "Results on outside models").
-#   OUT=/tmp/outside ARCHS="resnet18 mobilenet_v2" TRIGGERS="badnets blended" FRACTIONS="0.36 1" SEEDS="0 1 2" \
+#   (names M_* so that they do not reach make as its own SEEDS etc.)
+#   OUT=/tmp/outside M_ARCHS="resnet18 mobilenet_v2" M_TRIGGERS="badnets blended" M_FRACTIONS="0.36 1" M_SEEDS="0 1 2" \
 #   PROFILE=demo scripts/outside_matrix.sh
 set -euo pipefail
 OUT=${OUT:-artifacts/outside}
-ARCHS=${ARCHS:-"resnet18 cifar_resnet18 mobilenet_v2"}
-TRIGGERS=${TRIGGERS:-"badnets blended"}
-FRACTIONS=${FRACTIONS:-"0.36 1"}
-SEEDS=${SEEDS:-"0 1 2"}
+M_ARCHS=${M_ARCHS:-"resnet18 cifar_resnet18 mobilenet_v2"}
+M_TRIGGERS=${M_TRIGGERS:-"badnets blended"}
+M_FRACTIONS=${M_FRACTIONS:-"0.36 1"}
+M_SEEDS=${M_SEEDS:-"0 1 2"}
 PROFILE=${PROFILE:-paper}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 PY=${PY:-.venv/bin/python}
-mkdir -p "$OUT"
-for arch in $ARCHS; do
-  for trig in $TRIGGERS; do
+mkdir -p "$OUT/defend"
+for arch in $M_ARCHS; do
+  for trig in $M_TRIGGERS; do
     model="$OUT/$arch-$trig-s0.pt"
     [ -f "$model" ] || $PY scripts/outside_models.py --arch "$arch" --trigger "$trig" --seed 0 --out "$model"
-    for frac in $FRACTIONS; do
-      for seed in $SEEDS; do
+    for frac in $M_FRACTIONS; do
+      for seed in $M_SEEDS; do
         dir="$OUT/defend/$arch-$trig-f$frac-s$seed"
         make --no-print-directory defend MODEL="$model" DATA=digits DEFENSE=sft TRIGGER="$trig" \
           FRACTION="$frac" PROFILE="$PROFILE" SET="seed=$seed" OUT="$dir" \

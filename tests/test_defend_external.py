@@ -210,11 +210,12 @@ def test_user_errors_are_one_line_and_write_nothing(files, data_dir, tmp_path):
     five = make_model("preactresnet18", 5, WIDTH).state_dict()
     torch.save(five, tmp_path / "five.pt")
     msg = fails(data_dir, out, "--model", str(tmp_path / "five.pt"), "--data", "digits")
-    assert "key 'linear.weight': file (5, 64) vs model (10, 64)" in msg, msg
+    assert "key 'linear.weight': file (5, 64) vs model (10, 64)" in msg and msg.endswith("the file fits --num-classes 5")
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--num-classes", "5")
     assert "the model has 5 classes but digits has 10" in msg, msg
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet18")
     assert "does not fit resnet18 with 10 classes: key 'conv1.weight': file (8, 3, 3, 3) vs model (64, 3, 7, 7)" in msg
+    assert msg.endswith("; the file fits --arch preactresnet18"), msg  # a value that fits, not generic advice
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet19")
     assert "unknown architecture 'resnet19'" in msg and "preactresnet18" in msg and "vgg16_bn" in msg
     msg = fails(data_dir, out, "--model", str(tmp_path / "nope.pt"), "--data", "digits")
