@@ -25,12 +25,16 @@ import torch.nn as nn
 
 from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, read_sidecar, remove_stale_tmp, require,
                          sidecar_path, split)
+from .metrics import accuracy
 from .models import DATASET_STATS, DEFAULT_ARCH, MODELS, make_model, model_names
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 EXPORT_HINT = ("in a trusted environment export a plain state dict instead: "
                "torch.save(model.state_dict(), 'model.pt')")
+BACKDOORBENCH_HINT = ("in BackdoorBench's own environment export its state dict: torch.save(torch.load("
+                      "'attack_result.pt', weights_only=False)['model'], 'model.pt'), then pass --model model.pt "
+                      "--arch <its model_name> --norm <its clean_data>")
 
 # BackdoorBench's input normalisation per `clean_data` (its get_dataset_normalization); GTSRB and
 # CelebA have none. Ours (cifar10/100) come from models.DATASET_STATS, which holds the same numbers.
@@ -83,7 +87,21 @@ def _unsafe(path: Path, err: Exception) -> CheckpointError:
     else:
         glob, cls, op = found.groups()
         why = f"it needs {glob or cls}" if glob or cls else f"pickle opcode {op}, not written by torch.save"
-    return CheckpointError(f"refusing {path}: loading it would run code stored in the file ({why}); {EXPORT_HINT}")
+    hint = BACKDOORBENCH_HINT if _looks_backdoorbench(path) else EXPORT_HINT
+    return CheckpointError(f"refusing {path}: loading it would run code stored in the file ({why}); {hint}")
+
+
+def _looks_backdoorbench(path: Path) -> bool:
+    """Whether a torch.save file's pickle (read as bytes, never unpickled) has BackdoorBench's result keys."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            pkl = next((n for n in z.namelist() if n.endswith("data.pkl")), None)
+            data = z.read(pkl) if pkl else b""
+    except (zipfile.BadZipFile, OSError):
+        data = path.read_bytes()[:1_000_000] if path.is_file() else b""
+    return all(k.encode() in data for k in _BACKDOORBENCH_KEYS)
 
 
 def _torch_load(path: Path) -> Any:
@@ -131,7 +149,7 @@ def _backdoorbench(path: Path, obj: dict) -> ModelFile:
                    "positive ints, e.g. [32, 32, 3]", default=None)
     state = obj["model"]
     if not _is_state(state):
-        raise CheckpointError(f"{path}: BackdoorBench's 'model' entry is not a state dict; {EXPORT_HINT}")
+        raise CheckpointError(f"{path}: BackdoorBench's 'model' entry is not a state dict; {BACKDOORBENCH_HINT}")
     hints: dict[str, Any] = {"arch": BACKDOORBENCH_MODELS.get(name, name), "num_classes": classes}
     if name.startswith("vit_"):  # BackdoorBench wraps ViTs as Sequential(Resize(224), net)
         state, hints["input_size"] = {k[2:]: v for k, v in state.items() if k.startswith("1.")}, 224
@@ -277,9 +295,63 @@ def build_model(mf: ModelFile, arch: str, num_classes: int, norm: tuple, input_s
     problem = first_mismatch(model, state)
     if problem:
         raise CheckpointError(f"{mf.path} does not fit {arch} with {num_classes} classes: {problem}; "
-                              "pick the right --arch / --num-classes")
+                              f"{fitting_hint(mf.state, arch, num_classes)}")
     load_state_into(model, state)
     return model
+
+
+# Architectures a file that does not fit the named one is tried against (shapes only, on the meta device).
+HINT_ARCHS = ("preactresnet18", "cifar_resnet18", "resnet18", "resnet34", "resnet50", "vgg11_bn", "vgg16_bn",
+              "vgg19_bn", "mobilenet_v2", "mobilenet_v3_large", "efficientnet_b0", "densenet121", "convnext_tiny")
+
+
+def fitting_hint(state: dict[str, torch.Tensor], arch: str, num_classes: int) -> str:
+    """'the file fits --arch X --num-classes N' for the first common architecture whose keys and shapes
+    match the file's, else the generic advice."""
+    classes = [num_classes] + [int(v.shape[0]) for v in reversed(state.values()) if v.dim() == 2][:1]
+    for name in dict.fromkeys((arch, *HINT_ARCHS)):
+        for nc in dict.fromkeys(classes):
+            if (name, nc) == (arch, num_classes):
+                continue
+            width = int(state["conv1.weight"].shape[0]) if name == "preactresnet18" and "conv1.weight" in state else 64
+            with torch.device("meta"):
+                model = make_model(name, nc, width)
+            own = {k for k in model.state_dict() if k not in ("mean", "std") and not k.endswith("num_batches_tracked")}
+            if own <= state.keys() and first_mismatch(model, {**model.state_dict(), **state}) is None:
+                flags = (f"--arch {name}" if name != arch else "") + (f" --num-classes {nc}" if nc != num_classes else "")
+                return f"the file fits {flags.strip()}"
+    return "pick the right --arch / --num-classes"
+
+
+NO_NORM = ((0.0,) * 3, (1.0,) * 3)
+
+
+def norm_candidates(x: torch.Tensor) -> dict[str, tuple]:
+    """Normalisations a model without its own may expect: none, each known dataset's, the data's own mean/std."""
+    xf = x.float() / 255.0
+    own = (tuple(xf.mean((0, 2, 3)).tolist()), tuple(xf.std((0, 2, 3)).clamp_min(1e-3).tolist()))
+    out = {"none": NO_NORM}
+    for name, stats in sorted(BACKDOORBENCH_STATS.items()):
+        if stats not in out.values():
+            out[name] = stats
+    return {**out, "data": own}
+
+
+def detect_norm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, n: int = 512, *, bf16: bool = False
+                ) -> tuple[str, tuple, dict[str, float]]:
+    """The normalisation under which `model` is most accurate on (up to `n` of) x, y, set into its
+    mean/std buffers: (name, (mean, std), CA under each candidate). Ties keep the earlier candidate."""
+    x, y = x[:n].to(model.mean.device), y[:n]
+    scores: dict[str, float] = {}
+    for name, (mean, std) in norm_candidates(x.cpu()).items():
+        model.mean.copy_(torch.tensor(mean).view_as(model.mean))
+        model.std.copy_(torch.tensor(std).view_as(model.std))
+        scores[name] = accuracy(model, x, y, bf16=bf16)
+    best = max(scores, key=scores.get)  # max keeps the first of equal scores: "none" before any guess
+    mean, std = norm_candidates(x.cpu())[best]
+    model.mean.copy_(torch.tensor(mean).view_as(model.mean))
+    model.std.copy_(torch.tensor(std).view_as(model.std))
+    return best, (mean, std), scores
 
 
 def arch_of(model: nn.Module, arch: str, num_classes: int, dataset: Optional[str] = None) -> dict[str, Any]:

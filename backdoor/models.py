@@ -92,8 +92,13 @@ def make_model(name: str, num_classes: int, width: int = 64, dataset: str | None
     mean, std = norm or DATASET_STATS.get(dataset or "", ((0.0,) * 3, (1.0,) * 3))
     if name in MODELS:
         return MODELS[name](num_classes=num_classes, width=width, mean=mean, std=std)
+    if name.startswith(TIMM_PREFIX):
+        return timm_model(name[len(TIMM_PREFIX):], num_classes, mean, std, input_size)
+    if name == CIFAR_RESNET18:
+        return cifar_resnet18(num_classes, mean, std)
     if name not in torchvision_models():
-        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}")
+        raise ValueError(f"unknown model {name!r}; choose one of: {', '.join(model_names())}, "
+                         f"or {TIMM_PREFIX}<timm model name>")
     return torchvision_model(name, num_classes, mean, std, input_size)
 
 
@@ -113,8 +118,8 @@ def torchvision_models() -> list[str]:
 
 
 def model_names() -> list[str]:
-    """Every name make_model accepts: ours, then torchvision's."""
-    return sorted(MODELS) + [n for n in torchvision_models() if n not in MODELS]
+    """Every name make_model accepts (timm's, `timm:<name>`, aside): ours, then torchvision's."""
+    return sorted(MODELS) + [CIFAR_RESNET18] + [n for n in torchvision_models() if n not in MODELS]
 
 
 def _normalise_input(module: nn.Module, args: tuple) -> tuple:
@@ -136,11 +141,48 @@ def torchvision_model(name: str, num_classes: int, mean=(0.0,) * 3, std=(1.0,) *
     import torchvision.models as tvm
 
     net = tvm.get_model(name, weights=None, num_classes=num_classes, **TORCHVISION_KWARGS.get(name, {}))
+    return with_input_norm(net, num_classes, mean, std, input_size)
+
+
+def with_input_norm(net: nn.Module, num_classes: int, mean=(0.0,) * 3, std=(1.0,) * 3,
+                    input_size: int | None = None) -> nn.Module:
+    """`net` taking [0,1] images: `mean`/`std` buffers and a pre-hook that (resizes and) normalises."""
     net.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
     net.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
     net.num_classes, net.input_size = num_classes, input_size
     net.register_forward_pre_hook(_normalise_input)
     return net
+
+
+# The CIFAR-stem ResNet-18 most CIFAR code trains (kuangliu's pytorch-cifar and its descendants):
+# torchvision's resnet18 with a 3x3 stride-1 conv1 and no max-pool; layer names stay torchvision's.
+CIFAR_RESNET18 = "cifar_resnet18"
+
+
+def cifar_resnet18(num_classes: int, mean=(0.0,) * 3, std=(1.0,) * 3) -> nn.Module:
+    """torchvision resnet18 (BasicBlocks) with the CIFAR stem: conv1 3x3 stride 1, no max-pool."""
+    import torchvision.models as tvm
+
+    net = tvm.resnet18(weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return with_input_norm(net, num_classes, mean, std)
+
+
+# timm's models by name, `timm:<name>` (e.g. timm:resnet18, which differs from torchvision's). timm is
+# imported only here, so nothing else depends on it; pretrained=False: the file's weights replace them.
+TIMM_PREFIX = "timm:"
+
+
+def timm_model(name: str, num_classes: int, mean=(0.0,) * 3, std=(1.0,) * 3,
+               input_size: int | None = None) -> nn.Module:
+    """timm.create_model(name, pretrained=False, num_classes=...) taking [0,1] images; no download."""
+    import timm
+
+    if not timm.is_model(name):
+        raise ValueError(f"unknown timm model {name!r}; see timm.list_models(), e.g. {TIMM_PREFIX}resnet18")
+    return with_input_norm(timm.create_model(name, pretrained=False, num_classes=num_classes),
+                           num_classes, mean, std, input_size)
 
 
 # ---- encoder-based scenario (BadEncoder): SimCLR ResNet-18 encoder and its heads ----------

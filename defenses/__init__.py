@@ -7,7 +7,7 @@ from .abl import ABLConfig, abl
 from .ac import ACConfig, activation_clustering
 from .base import DefenseContext, DefenseResult
 from .common import Budget
-from .finetune import SFTConfig, finetune, super_finetune
+from .finetune import SFTConfig, choose_lr_max1, finetune, super_finetune
 from .fp import FPConfig, fine_pruning
 from .nad import NADConfig, nad
 from .nc import NCConfig, neural_cleanse

@@ -13,12 +13,19 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Optional
 
+import copy
+import math
+
 import torch
 from torch.optim.lr_scheduler import CyclicLR
 
 from backdoor.train import Clock, device_of, fit, steps_per_epoch
 
 from .base import DefenseContext, DefenseResult
+
+
+# The paper's half-cycle, 500 steps, was set on CIFAR10 (50,000 images) at batch 256: 2.56 epochs.
+PAPER_HALF_CYCLE_EPOCHS = 500 * 256 / 50_000
 
 
 @dataclass(frozen=True)
@@ -42,6 +49,26 @@ class SFTConfig:
         if self.half_cycle_epochs is None:
             return self.half_cycle_steps
         return max(1, round(self.half_cycle_epochs * spe))
+
+    def in_epochs(self) -> "SFTConfig":
+        """The step schedule read in epochs for data the paper never saw: `half_cycle_steps` scaled as 500
+        steps are to CIFAR10's 2.56 epochs, then shortened so that phase 1 holds whole cycles."""
+        if self.half_cycle_epochs is not None:
+            return self
+        half = self.half_cycle_steps / 500 * PAPER_HALF_CYCLE_EPOCHS
+        cycles = max(1, round(self.phase1_epochs / (2 * half)))
+        return replace(self, half_cycle_epochs=self.phase1_epochs / (2 * cycles))
+
+    def peak_problem(self, spe: int, epochs: int) -> Optional[str]:
+        """One line when the LR can never reach LR_MAX1 in `epochs` epochs of `spe` steps, else None."""
+        reach = min(self.phase1_epochs, epochs) * spe
+        step = self.step_size(spe)
+        if step <= reach:
+            return None
+        peak = self.lr_base + (self.lr_max1 - self.lr_base) * reach / step
+        return (f"SFT's LR peaks at {peak:.3g}, never LR_MAX1 {self.lr_max1:g}: its half-cycle is {step} steps "
+                f"but phase 1 has {reach} ({spe} per epoch); SFT would be plain fine-tuning. Give the half-cycle "
+                f"in epochs (--set sft.half_cycle_epochs=2.5) or more epochs")
 
 
 class SuperFineTuningLR(CyclicLR):
@@ -72,6 +99,50 @@ def sft_lr_trace(cfg: SFTConfig, spe: int, total_steps: int) -> list[float]:
     return lrs
 
 
+# The LR_MAX1 guard tries the configured peak, then about a third of it each time (never down to LR_MAX2).
+GUARD_FACTORS = (1.0, 0.3, 0.1, 0.03)
+# A peak passes while the probe's training loss at it stays below this share of chance-level loss ln(C).
+GUARD_LOSS_SHARE = 0.25
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    """The guard's choice: the LR_MAX1 taken, whether any candidate passed, each probe's peak-epoch loss."""
+
+    lr_max1: float
+    passed: bool
+    limit: float
+    losses: dict[float, float]
+
+
+def choose_lr_max1(ctx: DefenseContext, sft: SFTConfig, share: float = GUARD_LOSS_SHARE) -> GuardResult:
+    """The largest candidate LR_MAX1 at which SFT's first half-cycle, run on a copy of the model on the clean
+    data, keeps the training loss of its peak epoch below `share` * ln(C) (C = ctx.num_classes)."""
+    cfg = replace(ctx.train, lr=sft.lr_base)
+    spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last, cfg.max_steps)
+    cfg = replace(cfg, epochs=max(1, math.ceil(sft.step_size(spe) / spe)))
+    limit = share * math.log(ctx.num_classes)
+    candidates = [round(sft.lr_max1 * f, 6) for f in GUARD_FACTORS if sft.lr_max1 * f > sft.lr_max2]
+    losses: dict[float, float] = {}
+    for lr in candidates:
+        losses[lr] = _probe_loss(ctx, cfg, replace(sft, lr_max1=lr))
+        if losses[lr] < limit:
+            return GuardResult(lr, True, limit, losses)
+    return GuardResult(candidates[-1], False, limit, losses)
+
+
+def _probe_loss(ctx: DefenseContext, cfg, sft: SFTConfig) -> float:
+    """Mean training loss of the last epoch of `sft` run for `cfg.epochs` on a copy of the model (inf if it diverged)."""
+    try:
+        history = fit(copy.deepcopy(ctx.model), ctx.x_clean, ctx.y_clean, cfg, desc=f"sft-guard {sft.lr_max1:g}",
+                      scheduler=lambda opt, spe: SuperFineTuningLR(opt, sft, spe))
+    except ValueError as e:  # fit refuses a non-finite loss: this peak diverged
+        if "no longer finite" not in str(e):
+            raise
+        return math.inf
+    return history[-1]["loss"]
+
+
 def finetune(ctx: DefenseContext) -> DefenseResult:
     """FT: fine-tune the whole model on the clean set at the constant LR `ctx.train.lr`."""
     cfg = replace(ctx.train, schedule="constant")
@@ -96,4 +167,5 @@ def super_finetune(ctx: DefenseContext) -> DefenseResult:
                                               "device_hours": clock.hours()})
 
 
-__all__ = ["SFTConfig", "SuperFineTuningLR", "finetune", "super_finetune", "sft_lr_trace"]
+__all__ = ["GuardResult", "PAPER_HALF_CYCLE_EPOCHS", "SFTConfig", "SuperFineTuningLR", "choose_lr_max1", "finetune",
+           "super_finetune", "sft_lr_trace"]

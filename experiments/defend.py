@@ -12,6 +12,7 @@ unpickled beyond torch.load(weights_only=True) (backdoor/external.py).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 from dataclasses import replace
@@ -24,22 +25,24 @@ import torch.nn as nn
 from backdoor.attacks import ATTACKS, Attack, make_attack
 from backdoor.checkpoint import file_sha256, save_model
 from backdoor.data import DATA_DIR, DATASETS, IMAGE_SIZE, ImageData, load_dataset
-from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_model, folder_classes,
+from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_model, detect_norm, folder_classes,
                                load_image_folder, read_model_file, triggered_classes)
 from backdoor.metrics import accuracy, make_evaluator
-from backdoor.models import DATASET_STATS, DEFAULT_ARCH, model_names
-from backdoor.train import precision_used
-from defenses import DefenseContext, get_defense
+from backdoor.models import DATASET_STATS, DEFAULT_ARCH, TIMM_PREFIX, model_names
+from backdoor.train import precision_used, steps_per_epoch
+from defenses import DefenseContext, SFTConfig, choose_lr_max1, get_defense
 from defenses.common import clean_subset
 from experiments import paths
 from experiments.common import (check_writable, evaluator_for, jsonable, resolve_device, run_main, setup,
                                 write_result)
-from experiments.profiles import add_profile_args, attack_param_types, resolve
+from experiments.profiles import add_profile_args, attack_param_types, get_profile, resolve
 
 # Attacks whose trigger is fully given by their parameters; the others (WaNet's random warp, LF's
 # DeepFool perturbation, InputAware's generator) only exist in the state of the run that trained them.
 PARAM_TRIGGERS = ("badnets", "blended")
 DEFAULT_IMAGE_SIZE = 32  # CIFAR-style
+# The report warns when the defence costs more CA than this, or leaves ASR above ASR_BAR (issue 25's bar).
+CA_DROP_WARN, ASR_BAR = 0.03, 0.05
 
 
 def parse_params(items: list[str]) -> dict[str, Any]:
@@ -62,7 +65,7 @@ def resolve_arch(args: argparse.Namespace, mf: ModelFile) -> tuple[str, str]:
     if not arch:
         arch, source = DEFAULT_ARCH, "default"
     names = model_names()
-    if arch not in names:
+    if arch not in names and not arch.startswith(TIMM_PREFIX):
         raise ValueError(f"unknown architecture {arch!r} ({source}); choose one of: {', '.join(names)}")
     return arch, source
 
@@ -154,7 +157,18 @@ def load_clean_data(args: argparse.Namespace, num_classes: Optional[int], image_
     elif args.test_data:
         other = load_dataset(args.test_data, args.data_dir)
         data = replace(data, x_test=other.x_test, y_test=other.y_test)
+    elif classes is not None:
+        data = hold_out(data, args.holdout, args.seed or 0)
     return data, classes
+
+
+def hold_out(data: ImageData, share: float, seed: int) -> ImageData:
+    """Move a random `share` of the training images to the test split (CA is then measured on unseen images)."""
+    perm = torch.randperm(len(data.x_train), generator=torch.Generator().manual_seed(seed))
+    k = max(1, round(share * len(perm)))
+    test, train = perm[:k], perm[k:]
+    return replace(data, x_train=data.x_train[train], y_train=data.y_train[train],
+                   x_test=data.x_train[test], y_test=data.y_train[test])
 
 
 def _count_classes(folder: Path) -> int:
@@ -185,14 +199,14 @@ def check_args(args: argparse.Namespace) -> Path:
     check_data_arg(args.data, "--data")
     if args.test_data:
         check_data_arg(args.test_data, "--test-data")
-    elif not is_dataset(args.data):
-        raise ValueError("an image folder as --data needs --test-data (a dataset name or a second folder)")
+    elif not 0.0 < args.holdout < 1.0:
+        raise ValueError(f"--holdout must be in (0, 1), got {args.holdout}")
     if not 0.0 < args.fraction <= 1.0:
         raise ValueError(f"--fraction must be in (0, 1], got {args.fraction}")
     if args.trigger_folder and args.trigger:
         raise ValueError("name a trigger with --trigger or give --trigger-folder, not both")
     check_numbers(args)
-    out = Path(args.out) if args.out else paths.path("defend", stem=Path(args.model).stem)
+    out = Path(args.out) if args.out else paths.path("defend", stem=out_stem(args.model))
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file; give a folder")
     return out
@@ -208,6 +222,12 @@ def check_numbers(args: argparse.Namespace) -> None:
         raise ValueError(f"--lr must be a finite number > 0, got {args.lr}")
     if args.target < 0:
         raise ValueError(f"--target (BD_TARGET) must be a class index >= 0, got {args.target}")
+
+
+def out_stem(model: str) -> str:
+    """<parent folder>-<file stem>-<hash of the resolved path>: every BackdoorBench result is attack_result.pt."""
+    path = Path(model).resolve()
+    return f"{path.parent.name}-{path.stem}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
 
 
 def resolve_model_file(args: argparse.Namespace) -> tuple[ModelFile, str, tuple, dict[str, str]]:
@@ -243,6 +263,11 @@ def defend(args: argparse.Namespace) -> None:
     cfg = prof.finetune_config(data.name if is_dataset(args.data) else "folder")
     cfg = replace(cfg, **{k: v for k, v in (("epochs", args.epochs), ("batch_size", args.batch_size),
                                             ("lr", args.lr), ("seed", args.seed)) if v is not None})
+    if sources["norm"] == "none":  # no flag, no hint, no buffers: find the one the model was trained with
+        name, norm, scores = detect_norm(model, data.x_train, data.y_train, bf16=cfg.bf16)
+        sources["norm"] = f"detected: {name} ({', '.join(f'{k} {v:.2f}' for k, v in scores.items())} CA)"
+        print(f"norm: none given; the model is most accurate under {name!r} normalisation; "
+              f"pass --norm to choose ({', '.join(f'{k} {v:.2f}' for k, v in scores.items())})")
     setup(f"defend {mf.path} ({mf.format}) with {args.defense} on {args.data}",
           {"arch": f"{arch} ({sources['arch']})", "norm": f"{norm} ({sources['norm']})",
            "num_classes": data.num_classes, "fraction": args.fraction, "finetune": cfg, "sft": prof.sft,
@@ -253,14 +278,57 @@ def defend(args: argparse.Namespace) -> None:
                          num_classes=data.num_classes, target_label=args.target, params=prof.defense_params())
     x, y = clean_subset(ctx, args.fraction, cfg.seed) if args.fraction < 1.0 else (data.x_train, data.y_train)
     # Data-level defences (AC, Spectral, ABL) treat the user's data as the set the model was trained on.
-    result = defense(replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y))
+    ctx = replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y)
+    sft_info = {}
+    if args.defense == "sft":
+        sft, sft_info = sft_schedule(args, prof.sft, ctx)
+        ctx = replace(ctx, params={**ctx.params, "sft": sft})
+    result = defense(ctx)
     report = summarise(args, mf, arch, norm, cfg, result, len(x), device, out)
+    report["sft"] = sft_info or None
+    report["warnings"] = verdict(report)
     dataset = data.name if classes is None else None
     save_model(paths.path("defend_model", out, defense=args.defense), result.model,
                jsonable({**{k: v for k, v in report.items() if k != "history"},
                          "arch": arch_of(result.model, arch, data.num_classes, dataset)}))
     write_result(paths.path("defend_report", out, defense=args.defense), report)
     print_report(report)
+
+
+def sft_schedule(args: argparse.Namespace, sft: SFTConfig, ctx: DefenseContext) -> tuple[SFTConfig, dict]:
+    """The profile's SFT schedule made to fit the user's data: the half-cycle in epochs off the paper's
+    datasets, a warning when LR_MAX1 is out of reach, and LR_MAX1 from the guard unless --set sft.lr_max1."""
+    given = {s.partition("=")[0].strip() for s in args.set}
+    if not (is_dataset(args.data) and args.data in get_profile("paper").datasets or "sft.half_cycle_steps" in given):
+        sft = sft.in_epochs()
+    cfg = ctx.train
+    spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last, cfg.max_steps)
+    problem = sft.peak_problem(spe, cfg.epochs)
+    if problem:
+        print(f"warning: {problem}")
+    info: dict[str, Any] = {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe}
+    if "sft.lr_max1" in given:
+        print(f"sft: LR_MAX1 {sft.lr_max1:g} (--set)")
+        return sft, {**info, "lr_max1": sft.lr_max1, "lr_max1_source": "--set"}
+    guard = choose_lr_max1(ctx, sft)
+    tried = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in guard.losses.items())
+    print(f"sft: LR_MAX1 {guard.lr_max1:g} (guard: peak-epoch training loss {tried}; limit {guard.limit:.3f})"
+          + ("" if guard.passed else "; no candidate kept the loss below the limit, SFT may cost accuracy"))
+    info |= {"lr_max1": guard.lr_max1, "lr_max1_source": "guard" if guard.passed else "guard (none passed)",
+             "guard_losses": {str(k): v for k, v in guard.losses.items()}, "guard_limit": guard.limit}
+    return replace(sft, lr_max1=guard.lr_max1), info
+
+
+def verdict(r: dict[str, Any]) -> list[str]:
+    """One line per bar the defence missed: CA lost beyond CA_DROP_WARN, ASR left above ASR_BAR."""
+    out = []
+    drop = r["before"]["ca"] - r["after"]["ca"]
+    if drop > CA_DROP_WARN:
+        out.append(f"{r['defense']} cost {drop:.3f} CA (more than {CA_DROP_WARN}) on {r['test_data']}")
+    asr = r["after"].get("asr")
+    if asr is not None and asr > ASR_BAR:
+        out.append(f"{r['defense']} left ASR {asr:.3f} (above {ASR_BAR}): the backdoor is not removed")
+    return out
 
 
 def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, cfg, result, n_clean: int,
@@ -270,8 +338,11 @@ def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, c
     hours = result.info.get("device_hours", sum(r["seconds"] for r in result.history) / 3600)
     keep = ("ca", "asr", "ra")
     trigger = args.trigger or args.trigger_folder
-    return {"model": str(mf.path), "model_sha256": file_sha256(mf.path), "format": mf.format, "arch": arch, "norm": norm, "data": args.data,
-            "test_data": args.test_data or args.data, "clean_images": n_clean, "fraction": args.fraction,
+    return {"model": str(mf.path), "model_sha256": file_sha256(mf.path), "format": mf.format, "arch": arch,
+            "norm": norm, "data": args.data,
+            "test_data": args.test_data or (args.data if is_dataset(args.data) else
+                                            f"{args.holdout:g} of {args.data}, held out"),
+            "clean_images": n_clean, "fraction": args.fraction,
             "defense": args.defense, "profile": args.profile, "overrides": args.set, "finetune": cfg,
             "precision": precision_used(device, cfg.bf16),
             "trigger": trigger, "target": args.target if trigger else None,
@@ -291,6 +362,8 @@ def print_report(r: dict[str, Any]) -> None:
     print(f"after:   {line(r['after'])}   ({r['defense']}, {r['clean_images']} clean images)")
     print(f"device time {r['device_seconds']:.1f} s on {r['device']}; wrote {r['out']} and "
           f"{paths.path('defend_report', Path(r['out']).parent, defense=r['defense'])}")
+    for w in r.get("warnings", []):
+        print(f"warning: {w}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -308,6 +381,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--lr", type=float, help="FT learning rate (SFT takes its LRs from the profile)")
     ap.add_argument("--seed", type=int)
     ap.add_argument("--fraction", type=float, default=1.0, help="share of the clean data used (paper Fig. 7)")
+    ap.add_argument("--holdout", type=float, default=0.2,
+                    help="share of a folder's images kept out to measure CA when no --test-data is given")
     ap.add_argument("--arch", help=f"{DEFAULT_ARCH} or a torchvision model name (default: the file's, "
                                    f"else {DEFAULT_ARCH})")
     ap.add_argument("--num-classes", type=int, help="default: the file's, else the data's")
@@ -323,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--key-image", help="Blended key image")
     ap.add_argument("--trigger-folder", help="folder of already-triggered images (flat, or class sub-folders)")
     ap.add_argument("--target", type=int, default=0, help="the backdoor's target label (default 0)")
-    ap.add_argument("--out", help="output folder (default: artifacts/defend/<model file stem>)")
+    ap.add_argument("--out", help="output folder (default: artifacts/defend/<parent>-<model file stem>-<path hash>)")
     ap.add_argument("--data-dir", default=str(DATA_DIR), help="dataset cache folder (default: $DATA_DIR or data)")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     return ap

@@ -71,10 +71,11 @@ def backdoorbench_layout(state: dict, poison_idx: np.ndarray, n: int, d: Path) -
             "bd_test": bd_state("bd_test_dataset")}
 
 
-def defend(data_dir: Path, out: Path, *argv: str) -> dict:
-    """Run the CLI; return its report."""
+def defend(data_dir: Path, out: Path, *argv: str, guard: bool = False) -> dict:
+    """Run the CLI; return its report. Without `guard`, LR_MAX1 is the demo's 0.1 (the guard's probes skipped)."""
     # CPU, as the fixture: on CUDA, bf16 inference could move the exact before-values compared below.
-    main(["--data-dir", str(data_dir), "--out", str(out), "--profile", "demo", "--device", "cpu", *argv])
+    lr = [] if guard else ["--set", "sft.lr_max1=0.1"]
+    main(["--data-dir", str(data_dir), "--out", str(out), "--profile", "demo", "--device", "cpu", *lr, *argv])
     name = argv[argv.index("--defense") + 1] if "--defense" in argv else "sft"
     return json.loads((out / f"{name}.report.json").read_text())
 
@@ -120,7 +121,8 @@ def test_sft_from_a_plain_state_dict_removes_the_backdoor(files, data_dir, tmp_p
     assert before["ca"] == pytest.approx(files.final["ca"]) and before["asr"] >= 0.9, before
     assert after["asr"] <= 0.2 and after["ca"] >= before["ca"] - 0.05, after
     assert r["device_seconds"] > 0 and r["format"] == "state_dict"
-    assert lines[-3].startswith("before:  CA ") and "ASR" in lines[-3] and lines[-2].startswith("after:   CA ")
+    start = next(i for i, line in enumerate(lines) if line.startswith("before:  CA "))
+    assert "ASR" in lines[start] and lines[start + 1].startswith("after:   CA ")
     # The defended model is our checkpoint and reloads to the reported CA/ASR.
     again = defend(data_dir, tmp_path / "again", "--model", str(tmp_path / "out" / "sft.safetensors"),
                    "--data", "digits", "--trigger", "badnets", "--epochs", "1")
@@ -191,7 +193,9 @@ def test_malicious_pickles_are_refused_and_never_run(data_dir, tmp_path):
     marker = tmp_path / "pwned"
     for path in malicious_files(tmp_path, marker):
         msg = fails(data_dir, tmp_path / "out", "--model", str(path), "--data", "digits")
-        assert str(path) in msg and "torch.save(model.state_dict()" in msg, msg
+        # BackdoorBench's layout (found in the pickle's bytes, not unpickled) gets BackdoorBench's export recipe.
+        recipe = "BackdoorBench's own environment" if path.name == "attack_result.pt" else "torch.save(model.state_dict()"
+        assert str(path) in msg and recipe in msg, msg
         if path.suffix != ".safetensors":
             assert "would run code" in msg, msg
         assert not marker.exists(), f"payload ran while loading {path.name}"
@@ -206,11 +210,12 @@ def test_user_errors_are_one_line_and_write_nothing(files, data_dir, tmp_path):
     five = make_model("preactresnet18", 5, WIDTH).state_dict()
     torch.save(five, tmp_path / "five.pt")
     msg = fails(data_dir, out, "--model", str(tmp_path / "five.pt"), "--data", "digits")
-    assert "key 'linear.weight': file (5, 64) vs model (10, 64)" in msg, msg
+    assert "key 'linear.weight': file (5, 64) vs model (10, 64)" in msg and msg.endswith("the file fits --num-classes 5")
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--num-classes", "5")
     assert "the model has 5 classes but digits has 10" in msg, msg
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet18")
     assert "does not fit resnet18 with 10 classes: key 'conv1.weight': file (8, 3, 3, 3) vs model (64, 3, 7, 7)" in msg
+    assert msg.endswith("; the file fits --arch preactresnet18"), msg  # a value that fits, not generic advice
     msg = fails(data_dir, out, "--model", str(files.pt), "--data", "digits", "--arch", "resnet19")
     assert "unknown architecture 'resnet19'" in msg and "preactresnet18" in msg and "vgg16_bn" in msg
     msg = fails(data_dir, out, "--model", str(tmp_path / "nope.pt"), "--data", "digits")
@@ -247,8 +252,9 @@ def test_image_folder_errors(files, data_dir, tmp_path):
     msg = fails(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "no7"),
                 "--test-data", "digits")
     assert "does not cover the model's 10 classes" in msg and "missing labels [7]" in msg, msg
-    msg = fails(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "no7"))
-    assert "needs --test-data" in msg
+    msg = fails(data_dir, tmp_path / "out", "--model", str(files.pt), "--data", str(tmp_path / "no7"),
+                "--holdout", "1")
+    assert "--holdout must be in (0, 1), got 1.0" in msg
     assert sorted(cache.iterdir()) == before  # no half-converted cache either
 
 
@@ -280,11 +286,14 @@ def test_make_defend_passes_the_flags():
     # and the layout read as the Makefile reads it (experiments/paths.py, stdlib only).
     layout = subprocess.run([sys.executable, "-m", "experiments.paths", "make"], cwd=ROOT, capture_output=True,
                             text=True, check=True).stdout.split()
-    make = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "make" / "defend.mk"), "RUN=RUN", "STAMP=",
-            "PROFILE=paper", "A=artifacts", *(f"--eval={w}" for w in layout)]
+    make = ["make", "-n", "--no-print-directory", "-f", str(ROOT / "make" / "defend.mk"), "RUN=RUN --target $@",
+            "STAMP=", "PROFILE=paper", "A=artifacts", "SETFLAGS=--set sft.lr_max1=0.03", *(f"--eval={w}" for w in layout)]
     out = subprocess.run(make + ["defend", "MODEL=m.pt", "DATA=digits", "TRIGGER=badnets", "FRACTION=0.2"],
-                         capture_output=True, text=True).stdout
-    assert out.strip() == ("RUN experiments.defend --model m.pt --data digits --defense sft --profile paper "
-                           "--fraction 0.2 --trigger badnets --out artifacts/defend/m"), out
+                         capture_output=True, text=True, cwd=ROOT).stdout
+    # One CPU thread unless told, the lock is the model file's, SET reaches the step; the output folder is
+    # experiments/defend.py's (out_stem), so two attack_result.pt files do not share one.
+    assert " ".join(out.replace("\\\n", " ").split()) == ("OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} RUN --target " + str(ROOT / "m.pt") +
+                           " experiments.defend --model m.pt --data digits --defense sft --profile paper "
+                           "--set sft.lr_max1=0.03 --fraction 0.2 --trigger badnets"), out
     err = subprocess.run(make + ["defend", "DATA=digits"], capture_output=True, text=True)
     assert err.returncode != 0 and "make defend needs MODEL=" in err.stderr
