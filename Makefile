@@ -148,13 +148,15 @@ demo-full: $(STAMP)
 	@+$(demo_make) FIGS="$(DEMO_FULL)" figure-files
 	@d=$(demo_dir); echo "figures: $(demo_fg)/  results: $(demo_rs)/"
 
+# Torch threads as `make demo` sets them: OMP_NUM_THREADS=1 unless you set it (the tests' models are tiny;
+# more threads than cores oversubscribe a loaded box). Threshold tests hold on 1 and 2 threads.
 test: $(STAMP)
-	@$(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 # The trained-result tests too long for CI (README "Targets"); about 10 more minutes on 2 cores.
 test-slow: $(STAMP)
-	@$(PY) -m pytest -q -m slow tests; rc=$$?; \
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m slow tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)
