@@ -133,7 +133,8 @@ def test_inputaware_hook_relabels_and_trains_the_generator():
     hook, flush = atk.batch_hook(0.1, opt)
     x, y = torch.rand(40, 3, 32, 32), torch.randint(1, 10, (40,))
     xh, yh = hook(x, y, 0)
-    assert (yh[:4] == 0).all() and torch.equal(yh[4:], y[4:]) and torch.equal(xh[8:], x[8:])
+    xa = atk.augment(x, False, torch.Generator().manual_seed(1))  # the hook's draw (seed + 1), before the trigger
+    assert (yh[:4] == 0).all() and torch.equal(yh[4:], y[4:]) and torch.equal(xh[8:], xa[8:])
     before = [p.detach().clone() for p in atk.generator.parameters()]
     torch.nn.functional.cross_entropy(torch.randn(40, 10) + xh.mean(dim=(1, 2, 3))[:, None], yh).backward()
     flush()
