@@ -142,6 +142,35 @@ def test_inputaware_hook_relabels_and_trains_the_generator():
     assert all(p.grad is None for p in atk.mask_net.parameters())
 
 
+def _naive_rms(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).pow(2).mean(dim=(1, 2, 3)).sqrt()
+
+
+def test_diversity_gradient_stays_finite_when_g_gives_two_images_the_same_pattern(monkeypatch):
+    """The cause of InputAware's NaN (two CPU threads, epoch 17): once G's output layer is constant (here its
+    last BN's gamma is 0, as for a dead channel, so every pixel is its bias), two images get bit-identical patterns,
+    and sqrt's infinite derivative at 0 times the mean square's 0 is NaN in every G weight. Our gradient there is 0."""
+    import backdoor.attacks.inputaware as ia_mod
+
+    torch.manual_seed(0)
+    g = ia_mod.Generator(4, 3).train()
+    with torch.no_grad():
+        g[-1][1].weight.zero_()
+    x1, x2 = torch.rand(4, 3, 32, 32), torch.rand(4, 3, 32, 32)
+    grads = {}
+    for name, rms in (("ours", ia_mod.rms_distance), ("naive", _naive_rms)):
+        monkeypatch.setattr(ia_mod, "rms_distance", rms)
+        g.zero_grad()
+        p1, p2 = g(x1), g(x2)
+        assert torch.equal(p1, p2)
+        (ia_mod.diversity(x1, x2, p1, p2) + p1.mean()).backward()
+        grads[name] = torch.cat([p.grad.flatten() for p in g.parameters()])
+    assert grads["naive"].isnan().any()  # the world without the fix
+    assert grads["ours"].isfinite().all() and grads["ours"].abs().sum() > 0  # p1.mean() still trains G
+    d = torch.rand(3, 3, 8, 8)
+    assert torch.equal(ia_mod.rms_distance(d, d.flip(0)), _naive_rms(d, d.flip(0)))  # same values elsewhere
+
+
 def test_inputaware_mask_stage_shrinks_the_mask(digits):
     torch.manual_seed(0)
     atk = InputAware(width=4, mask_epochs=2)

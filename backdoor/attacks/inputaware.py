@@ -63,7 +63,14 @@ def threshold(m: torch.Tensor) -> torch.Tensor:
 
 
 def rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    """Per-image RMS distance, with gradient 0 where it is 0.
+
+    sqrt's derivative at 0 is infinite and the mean square's is 0 there, so plain autograd gives 0 * inf = NaN
+    whenever two patterns (or masks) are bit-identical, e.g. once G's last layer is constant (BN of a dead
+    channel outputs its bias for every image) or saturates tanh; one such batch makes G, then the model, NaN.
+    The forward value is unchanged but for mean squares below float's smallest normal number (`tiny`)."""
+    ms = (a - b).pow(2).mean(dim=(1, 2, 3))
+    return torch.where(ms > 0, ms.clamp_min(torch.finfo(ms.dtype).tiny).sqrt(), torch.zeros_like(ms))
 
 
 def diversity(x1: torch.Tensor, x2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
