@@ -91,7 +91,7 @@ class InputAware(Attack):
         super().__init__(target)
         if width < 1 or mask_epochs < 0 or not 0 < mask_density < 1 or cross_ratio < 0 or random_crop < 0:
             raise ValueError(f"invalid InputAware settings: width={width}, mask_epochs={mask_epochs}, "
-                             f"mask_density={mask_density}, cross_ratio={cross_ratio}")
+                             f"mask_density={mask_density}, cross_ratio={cross_ratio}, random_crop={random_crop}")
         self.hp = {"width": width, "mask_epochs": mask_epochs, "mask_density": mask_density,
                    "lambda_div": lambda_div, "lambda_norm": lambda_norm, "cross_ratio": cross_ratio,
                    "lr_g": lr_g, "lr_m": lr_m, "random_crop": random_crop,
