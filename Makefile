@@ -4,6 +4,7 @@
 
 ## Variables: PROFILE=paper|quick|demo|smoke|rehearsal (default paper)  SET="key=value ..." (artifacts under
 ##   <profile>+<hash>)  SEEDS=0,1  DEVICE=cuda|cpu  A=artifacts  LAUNCHER=local|slurm  GPUS=0,1  SLURM_*=...
+##   KEY_IMAGE=key.png  LF_PATTERNS=dir (BackdoorBench's trigger files for Blended / LF)
 PROFILE  ?= paper
 SET      ?=
 DEVICE   ?=
@@ -61,7 +62,7 @@ clean-demo: ## delete the demo's checkpoints, results and figures
 
 # ---- standalone scenario: backdoored model -> FT / SFT
 $(call p_backdoor,$(CK),%): | $(STAMP)
-	$(RUN) experiments.standalone train $(PROFLAGS) $(call runargs,$*) $(DEVFLAG)
+	$(RUN) experiments.standalone train $(PROFLAGS) $(call runargs,$*) $(call trigger_flags,$*) $(DEVFLAG)
 
 define defense_rule
 $$(call p_result,$$(RS),%,$(1)): $$(call p_backdoor,$$(CK),%)

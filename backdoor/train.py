@@ -76,17 +76,23 @@ def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True, max_steps: 
     return spe if max_steps is None else min(spe, max_steps)
 
 
+def crop_at(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
+    """Crop of the zero-padded images at per-image offsets (dy, dx) in [0, 2 * pad]; (pad, pad) = identity."""
+    b, c, h, w = x.shape
+    xp = F.pad(x, (pad, pad, pad, pad))
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+    chans = torch.arange(c, device=x.device)[None, :, None, None]
+    return xp[torch.arange(b, device=x.device)[:, None, None, None], chans, rows, cols]
+
+
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: Optional[torch.Generator] = None) -> torch.Tensor:
     """Per-image random crop (zero padding `pad`) and horizontal flip, batched on x's device."""
-    b, _, h, w = x.shape
+    b = len(x)
     if pad > 0:
-        xp = F.pad(x, (pad, pad, pad, pad))
         dy = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
         dx = torch.randint(0, 2 * pad + 1, (b,), device=x.device, generator=gen)
-        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-        chans = torch.arange(x.shape[1], device=x.device)[None, :, None, None]
-        x = xp[torch.arange(b, device=x.device)[:, None, None, None], chans, rows, cols]
+        x = crop_at(x, dy, dx, pad)
     if flip:
         mask = torch.rand(b, device=x.device, generator=gen) < 0.5
         x = torch.where(mask[:, None, None, None], x.flip(3), x)

@@ -41,6 +41,8 @@ from experiments.sweeps import SweepConfig, make_fields
 
 # BackdoorBench's attack recipe (lr 0.01, cosine with T_max 100, batch 128, 100 epochs).
 BACKDOORBENCH = TrainConfig(epochs=100, batch_size=128, lr=0.01, schedule="cosine", cosine_t_max=100)
+# Sec. 4.4 names no schedule: constant is our reading; v1's attack default (cosine, T_max 100 per epoch) is
+# SET="attack_train.schedule=cosine attack_train.cosine_t_max=100" (docs/deviations.md).
 PAPER = TrainConfig(epochs=200, batch_size=256, lr=0.001, schedule="constant")
 FLIP_DATASETS = frozenset({"cifar10"})  # BackdoorBench flips CIFAR10 only
 ATTACKS = ("badnets", "blended", "lf", "inputaware", "wanet")  # the paper's five (Section 4.1)

@@ -31,12 +31,15 @@ def train(args: argparse.Namespace) -> None:
     prof, device = profile_from(args), resolve_device(args.device)
     if args.key_image and args.attack != "blended":
         raise ValueError(f"--key-image is a Blended setting; attack {args.attack!r} takes no key image")
-    if args.lf_pattern and args.attack != "lf":
-        raise ValueError(f"--lf-pattern is an LF setting; attack {args.attack!r} takes no pattern file")
+    if (args.lf_pattern or args.lf_patterns) and args.attack != "lf":
+        raise ValueError(f"--lf-pattern(s) is an LF setting; attack {args.attack!r} takes no pattern file")
     cfg = prof.train_config(args.dataset)
+    pattern = args.lf_pattern or (args.lf_patterns and lf_pattern_in(args.lf_patterns, args.dataset, prof.arch))
     attack_params = {**prof.attack_kwargs(args.attack), **({"key_image": args.key_image} if args.key_image else {}),
-                     **({"pattern_file": args.lf_pattern} if args.lf_pattern else {})}
-    attack = make_attack(args.attack, **attack_params).to(device)
+                     **({"pattern_file": pattern} if pattern else {})}
+    attack = make_attack(args.attack, **attack_params).to(device)  # reads and checks a key image
+    if pattern:
+        attack.load_pattern_file()  # a missing or malformed pattern fails here, before the data and the training
     setup(f"train {args.dataset}/{args.attack} ({prof.name})",
           {"train": cfg, "attack": attack.params(), "poison_ratio": prof.poison_ratio, "width": prof.width,
            "device": device, "precision": precision_used(device, cfg.bf16)})
@@ -61,10 +64,19 @@ def train(args: argparse.Namespace) -> None:
     print(f"backdoored: CA {history[-1]['ca']:.3f}  ASR {history[-1]['asr']:.3f}  ({seconds:.0f} s training)")
 
 
+def lf_pattern_in(folder: str, dataset: str, arch: str) -> str:
+    """BackdoorBench's LF pattern for `dataset` in `folder`, by its naming: <dataset>_<model>_0_255.npy."""
+    path = Path(folder) / f"{dataset}_{arch}_0_255.npy"
+    if not path.is_file():
+        raise FileNotFoundError(f"--lf-patterns {folder}: no {path.name} there; put BackdoorBench's "
+                                f"resource/lowFrequency/{path.name} (one file per dataset) in that folder")
+    return str(path)
+
+
 def defend(args: argparse.Namespace) -> None:
     """Load a backdoored model, run one defence on the clean training set, save model + results."""
     prof, device = profile_from(args), resolve_device(args.device)
-    if args.key_image or args.lf_pattern:
+    if args.key_image or args.lf_pattern or args.lf_patterns:
         raise ValueError("--key-image and --lf-pattern are for `train` only; `defend` uses the trigger stored in "
                          "the checkpoint")
     defense = get_defense(args.defense)
@@ -134,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
                     "china.jpg); stored in the checkpoint")
     ap.add_argument("--lf-pattern", help="for `train` with lf: a universal pattern file (BackdoorBench's .npy, "
                     "uint8 32x32x3) instead of generating one; its SHA-256 is recorded")
+    ap.add_argument("--lf-patterns", help="for `train` with lf: a folder of BackdoorBench's patterns, one per dataset "
+                    "named <dataset>_<model>_0_255.npy (Make: LF_PATTERNS=); this run takes its dataset's")
     ap.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
     args = ap.parse_args(argv)
     if args.step == "defend" and not args.defense:

@@ -118,3 +118,14 @@ demo_fg   = $(call p_figures,$$d)
 # ---- `make help`: every `target: ... ## what it does` line and every `## ` line, in file order
 HELP_AWK = /^\#\# /{sub(/^\#\# /,""); print; next} \
   /^[a-z][a-zA-Z0-9_-]*:.*\#\# /{t=$$0; sub(/:.*/,"",t); d=$$0; sub(/.*\#\# /,"",d); printf "  %-13s %s\n", t, d}
+
+# Trigger files: KEY_IMAGE=PATH (Blended's key image), LF_PATTERNS=DIR (BackdoorBench's LF patterns, one per
+# dataset, <dataset>_preactresnet18_0_255.npy); each reaches the train steps of its attack (docs/attacks.md).
+KEY_IMAGE   ?=
+LF_PATTERNS ?=
+$(if $(KEY_IMAGE),$(if $(wildcard $(KEY_IMAGE)),,$(error KEY_IMAGE=$(KEY_IMAGE): no such file; give an image file)))
+$(if $(LF_PATTERNS),$(if $(wildcard $(LF_PATTERNS)/.),,$(error LF_PATTERNS=$(LF_PATTERNS): no such folder; give \
+  the folder holding <dataset>_preactresnet18_0_255.npy)))
+# trigger_flags: a run (p_run) -> the trigger-file flags of its attack.
+trigger_flags = $(strip $(if $(filter blended,$(word 2,$(subst /, ,$(1)))),$(if $(KEY_IMAGE),--key-image $(KEY_IMAGE))) \
+  $(if $(filter lf,$(word 2,$(subst /, ,$(1)))),$(if $(LF_PATTERNS),--lf-patterns $(LF_PATTERNS))))

@@ -13,12 +13,12 @@ import torchvision.transforms.functional as TF
 import backdoor.attacks.wanet as wanet_mod
 from backdoor.attacks import make_attack, trigger_record
 from backdoor.attacks.lf import pattern_from_array
-from backdoor.attacks.per_batch import N_DRAWS, crop_shift, draw_count, post_augment, rotate
+from backdoor.attacks.per_batch import Draw, apply_draw, draw_count, inputaware_v1_draw, rotate, wanet_v1_draw
 from backdoor.attacks.training import train_backdoored
 from backdoor.data import ImageData
 from backdoor.models import make_model
 from backdoor.poison import bake
-from backdoor.train import TrainConfig
+from backdoor.train import TrainConfig, crop_at
 from sequela.reinject import reinject
 
 
@@ -26,17 +26,23 @@ def _x(n: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
-def _u(crop: float, dy: float, dx: float, rot: float, angle: float, flip: float) -> torch.Tensor:
-    return torch.tensor([[crop, dy, dx, rot, angle, flip]])
-
-
-# ---- post-poisoning augmentation ------------------------------------------------------------
+# ---- augmentation as BackdoorBench v1 draws it ----------------------------------------------
 
 def test_rotation_is_torchvisions_random_rotation_exactly():
-    """Catches a wrong sense of rotation, centre or interpolation (BackdoorBench: torchvision, nearest)."""
+    """Catches a wrong sense of rotation, centre or interpolation (v1 InputAware: torchvision, nearest)."""
     x = _x()
     for deg in (10.0, -10.0, 7.3, -2.5):
         assert torch.equal(rotate(x, torch.full((4,), deg)), TF.rotate(x, deg)), deg
+
+
+def test_bilinear_rotation_is_counter_clockwise_about_the_pixel_grid_centre():
+    """v1 WaNet's kornia rotation: bilinear about ((W-1)/2, (H-1)/2); 90 degrees is torch.rot90, any angle
+    samples where torchvision's bilinear rotation does (float rounding apart)."""
+    x = _x()
+    assert (rotate(x, torch.full((4,), 90.0), bilinear=True) - torch.rot90(x, 1, (2, 3))).abs().max() < 1e-5
+    ref = TF.rotate(x, 7.3, interpolation=TF.InterpolationMode.BILINEAR)
+    out = rotate(x, torch.full((4,), 7.3), bilinear=True)
+    assert (out - ref).abs().max() < 1e-5 and (out - rotate(x, torch.full((4,), 7.3))).abs().max() > 0.1
 
 
 def test_crop_is_torchvisions_padded_random_crop_exactly():
@@ -44,27 +50,51 @@ def test_crop_is_torchvisions_padded_random_crop_exactly():
     x = _x()
     for dy, dx in ((0, 0), (10, 3), (5, 5), (7, 10)):
         ref = TF.crop(TF.pad(x, [5]), dy, dx, 32, 32)
-        assert torch.equal(crop_shift(x, torch.full((4,), dy), torch.full((4,), dx), 5), ref), (dy, dx)
+        assert torch.equal(crop_at(x, torch.full((4,), dy), torch.full((4,), dx), 5), ref), (dy, dx)
 
 
-def test_post_augment_is_crop_then_rotate_then_flip_with_its_probabilities():
-    x = _x()
-    # crop drawn (0.1 < 0.8) at offset (0, 10); rotation drawn (0.2 < 0.5) by (2 * 0.75 - 1) * 10 = 5 deg; flip drawn
-    out = post_augment(x, _u(0.1, 0.0, 0.999, 0.2, 0.75, 0.3), pad=5, degrees=10.0, flip=True)
-    ref = TF.hflip(TF.rotate(TF.crop(TF.pad(x, [5]), 0, 10, 32, 32), 5.0))
-    assert torch.equal(out, ref)
-    # each step skipped: crop 0.8 >= p 0.8, rotation 0.5 >= p 0.5, flip 0.5 >= p 0.5 -> the identity
-    assert torch.equal(post_augment(x, _u(0.8, 0.0, 0.0, 0.5, 1.0, 0.5), 5, 10.0, True), x)
-    # a dataset that does not flip never flips, whatever the draw
-    assert torch.equal(post_augment(x, _u(0.9, 0, 0, 0.9, 0, 0.0), 5, 10.0, False), x)
+def test_wanet_v1_draws_crop_offsets_angles_and_flips_per_image():
+    """Seed 1: both batch coins pass; each image has its own offset and angle, and kornia's p 0.5 leaves
+    two of six unrotated (exact values: a change of draw order or probability shows here)."""
+    d = wanet_v1_draw(6, 5, 10.0, True, torch.Generator().manual_seed(1))
+    assert d.dy.tolist() == [4, 8, 7, 5, 4, 8] and d.dx.tolist() == [8, 6, 3, 10, 3, 0]
+    assert [round(a, 4) for a in d.angle.tolist()] == [5.9972, 2.7736, -0.9003, 0.0, 0.4788, 0.0]
+    assert d.flip.tolist() == [True, False, False, True, False, False]
+    # seed 5: the crop coin fails (0.8), so no image moves, while the rotation coin passes
+    d = wanet_v1_draw(6, 5, 10.0, True, torch.Generator().manual_seed(5))
+    assert d.dy.tolist() == d.dx.tolist() == [5] * 6 and (d.angle != 0).sum() == 1
+    assert not wanet_v1_draw(6, 5, 10.0, False, torch.Generator().manual_seed(1)).flip.any()
 
 
-def test_batch_mode_uses_one_draw_for_the_whole_batch():
-    """BackdoorBench applies torchvision's transforms to the batch tensor: one crop/angle/flip per batch."""
-    x = _x(1).expand(6, -1, -1, -1)
-    u = torch.rand(1, N_DRAWS, generator=torch.Generator().manual_seed(3))
-    out = post_augment(x, u, 5, 10.0, True)
-    assert all(torch.equal(out[0], o) for o in out[1:])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_wanet_v1_rotates_a_quarter_crops_four_fifths_of_batches(seed):
+    """ProbTransform's batch coin (p 0.5) times kornia's per-image p 0.5: a quarter of the images rotate, in
+    half of the batches; the crop runs in 80% of the batches. 2,000 batches of 64: the rotation rate's standard
+    error is 0.0057, the crop's 0.009."""
+    gen = torch.Generator().manual_seed(seed)
+    draws = [wanet_v1_draw(64, 5, 10.0, True, gen) for _ in range(2000)]
+    rotated = torch.stack([d.angle != 0 for d in draws]).float()
+    cropped = torch.tensor([bool((d.dy != 5).any() or (d.dx != 5).any()) for d in draws]).float()
+    assert abs(rotated.mean().item() - 0.25) < 0.02
+    assert abs((rotated.sum(1) > 0).float().mean().item() - 0.5) < 0.04
+    assert abs(cropped.mean().item() - 0.8) < 0.03
+    assert max(d.angle.abs().max().item() for d in draws) <= 10.0
+
+
+def test_inputaware_v1_crops_and_rotates_every_image_by_its_own_draw():
+    d = inputaware_v1_draw(6, 5, 10.0, False, torch.Generator().manual_seed(0))
+    assert d.dy.tolist() == [5, 3, 5, 0, 7, 7] and d.dx.tolist() == [8, 6, 6, 1, 8, 10]
+    assert [round(a, 4) for a in d.angle.tolist()] == [-8.2305, -0.1981, -3.0221, -4.1222, -6.7794, -2.058]
+    assert not d.flip.any()  # this dataset does not flip
+    assert 0.4 < inputaware_v1_draw(1000, 5, 10.0, True, torch.Generator().manual_seed(0)).flip.float().mean() < 0.6
+
+
+def test_apply_draw_is_crop_then_rotate_then_flip_per_image():
+    x = _x(2)
+    d = Draw(torch.tensor([0, 5]), torch.tensor([10, 5]), torch.tensor([5.0, 0.0]), torch.tensor([True, False]))
+    out = apply_draw(x, d, 5, bilinear=False)
+    assert torch.equal(out[0], TF.hflip(TF.rotate(TF.crop(TF.pad(x[:1], [5]), 0, 10, 32, 32), 5.0))[0])
+    assert torch.equal(out[1], x[1])  # offset (pad, pad), no angle, no flip: untouched, bit for bit
 
 
 class Recorder(nn.Module):
@@ -79,43 +109,63 @@ class Recorder(nn.Module):
         return self.lin(x.flatten(1))
 
 
-def test_wanet_training_batches_are_warped_then_cropped_and_rotated(monkeypatch):
+def _fixed_draw(n: int, *args) -> Draw:
+    """Image i of a batch: crop offset (i, 10 - i), angle 2 i - 7 degrees, flipped when i is odd."""
+    i = torch.arange(n)
+    return Draw(i, 10 - i, (2 * i - 7).float(), i % 2 == 1)
+
+
+def _drawn(t: torch.Tensor, bilinear: bool) -> torch.Tensor:
+    """torchvision's reference for `_fixed_draw` on images t."""
+    mode = TF.InterpolationMode.BILINEAR if bilinear else TF.InterpolationMode.NEAREST
+    out = [TF.rotate(TF.crop(TF.pad(t[i : i + 1], [5]), i, 10 - i, 32, 32), 2.0 * i - 7, interpolation=mode)
+           for i in range(len(t))]
+    return torch.cat([o.flip(3) if i % 2 else o for i, o in enumerate(out)])
+
+
+def test_wanet_training_batches_are_warped_then_cropped_and_rotated_per_image(monkeypatch):
     """The batches WaNet's training really feeds the model: the engine's crop-4 is off (else the
-    rows would move randomly), and every image is cropped at (2, 8) and rotated by -6 deg after the warp."""
+    rows would move randomly), and each image gets its own crop and bilinear angle after the warp."""
     img = (_x(1) * 255).round().to(torch.uint8)
     x, y = img.expand(16, -1, -1, -1).clone(), torch.arange(16) % 10
-    monkeypatch.setattr(wanet_mod, "augment_draws", lambda n, device, gen: _u(0.0, 0.2, 0.75, 0.0, 0.2, 0.0))
+    monkeypatch.setattr(wanet_mod, "wanet_v1_draw", _fixed_draw)
     atk = make_attack("wanet", s=2.0, cross_ratio=0.0)
     model = Recorder(32)
     cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
     train_backdoored(atk, model, ImageData("same", x, y, x[:2], y[:2], 10), cfg, 0.25, 0, evaluate=False)
-    xf = img.float() / 255
-    aug = lambda t: TF.hflip(TF.rotate(TF.crop(TF.pad(t, [5]), 2, 8, 32, 32), -6.0))  # noqa: E731
-    warped, clean = aug(atk.apply(xf)), aug(xf)
-    # training batches only (materialise also bakes, but with no model call)
-    assert len(model.seen) == 2
+    xf = img.float().expand(8, -1, -1, -1) / 255
+    warped, clean = _drawn(atk.apply(xf), True), _drawn(xf, True)
+    assert len(model.seen) == 2  # training batches only (materialise bakes with no model call)
     for b in model.seen:
-        assert (b[:2] - warped).abs().max() < 1e-6 and (b[2:] - clean).abs().max() < 1e-6
-    assert not torch.equal(warped, clean)
+        assert (b[:2] - warped[:2]).abs().max() < 1e-5 and (b[2:] - clean[2:]).abs().max() < 1e-5
+    assert not torch.equal(warped, clean) and not torch.equal(clean[2], clean[3])
 
 
-def test_inputaware_augment_option_post_augments_its_batches(monkeypatch):
-    """`augment="batch"` (not BackdoorBench's default for InputAware) moves the augmentation after
-    the trigger, as for WaNet: the clean rows of a batch are exactly the cropped, rotated image."""
+def test_inputaware_rotates_and_crops_each_image_before_its_trigger(monkeypatch):
+    """v1 InputAware augments at load: G and M see the cropped, rotated (nearest) images, and the backdoor rows
+    are those images with the trigger G and M made of them; the clean rows are the augmented images."""
     import backdoor.attacks.inputaware as ia_mod
 
     img = (_x(1) * 255).round().to(torch.uint8)
     x, y = img.expand(16, -1, -1, -1).clone(), torch.arange(16) % 10
-    monkeypatch.setattr(ia_mod, "augment_draws", lambda n, device, gen: _u(0.0, 0.9, 0.1, 0.0, 0.9, 0.9))
+    monkeypatch.setattr(ia_mod, "inputaware_v1_draw", _fixed_draw)
     torch.manual_seed(0)
-    atk = make_attack("inputaware", width=4, mask_epochs=0, cross_ratio=0.0, augment="batch")
+    atk = make_attack("inputaware", width=4, mask_epochs=0, cross_ratio=0.0)
+    seen: dict[str, list] = {"g_in": [], "g_out": [], "m_out": []}
+    atk.generator.register_forward_hook(lambda m, i, o: seen["g_in"].append(i[0].detach()) or
+                                        seen["g_out"].append(o.detach()))
+    atk.mask_net.register_forward_hook(lambda m, i, o: seen["m_out"].append(o.detach()))
     model = Recorder(32)
     cfg = TrainConfig(epochs=1, batch_size=8, lr=0.01, crop_pad=4, flip=True, channels_last=False)
     train_backdoored(atk, model, ImageData("same", x, y, x[:2], y[:2], 10), cfg, 0.25, 0, evaluate=False)
-    clean = TF.rotate(TF.crop(TF.pad(img.float() / 255, [5]), 9, 1, 32, 32), 8.0)  # no flip: 0.9 >= 0.5
+    aug = _drawn(img.float().expand(8, -1, -1, -1) / 255, False)
     assert len(model.seen) == 2
-    for b in model.seen:
-        assert (b[2:] - clean).abs().max() < 1e-6 and (b[:2] - clean).abs().max() > 1e-3
+    for k, b in enumerate(model.seen):
+        assert torch.equal(b[2:], aug[2:])
+        # G and M run twice a step (backdoor rows, then the empty cross rows): the trigger is made of the augmented images
+        assert torch.equal(seen["g_in"][2 * k], aug[:2])
+        p, m = seen["g_out"][2 * k], ia_mod.threshold(seen["m_out"][2 * k])
+        assert (b[:2] - (aug[:2] + (p - aug[:2]) * m)).abs().max() < 1e-6 and (b[:2] - aug[:2]).abs().max() > 1e-3
 
 
 # ---- per-batch poisoning at small ratios -----------------------------------------------------

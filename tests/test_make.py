@@ -152,3 +152,24 @@ def test_help_lists_every_public_target_once_with_its_line():
     assert help_gaps() == (set(), [])
     # A world where the claim is false: a public target without a `## ` line is reported.
     assert help_gaps("--eval=.PHONY: undocumented") == ({"undocumented"}, [])
+
+
+def test_trigger_files_reach_every_train_step_of_their_attack(stub, tmp_path):
+    """KEY_IMAGE= reaches each Blended train step, LF_PATTERNS= each LF one (a per-dataset file in that folder),
+    and no other step; a missing file or folder stops Make before any step, in one line."""
+    key, lf = tmp_path / "hello_kitty.jpeg", tmp_path / "lowFrequency"
+    key.write_bytes(b"x")
+    lf.mkdir()
+    lines, _ = make_n(stub, tmp_path, "all", f"KEY_IMAGE={key}", f"LF_PATTERNS={lf}", "ATTACKS=badnets blended lf")
+    steps = [s for s in map(parse_step, lines) if s]
+    train = [s for s in steps if (s.module, s.command) == ("experiments.standalone", "train")]
+    assert sorted(s.opt("attack") for s in train) == sorted(ATTACKS)  # table1 trains the other two too
+    for s in steps:
+        is_train = s in train
+        assert s.opt("key-image") == (str(key) if is_train and s.opt("attack") == "blended" else ""), s
+        assert s.opt("lf-patterns") == (str(lf) if is_train and s.opt("attack") == "lf" else ""), s
+    for var, path, says in (("KEY_IMAGE", tmp_path / "no.jpeg", "no such file"),
+                            ("LF_PATTERNS", tmp_path / "nodir", "no such folder")):
+        out = subprocess.run(["make", "-n", "PROFILE=smoke", f"A={tmp_path}", f"PY={stub}", "all", f"{var}={path}"],
+                             cwd=ROOT, capture_output=True, text=True, env=fresh_make_env(), timeout=120)
+        assert out.returncode == 2 and not out.stdout and f"*** {var}={path}: {says}; give" in out.stderr

@@ -196,3 +196,22 @@ def test_figure6_and_summary_charge_the_named_budget(tmp_path):
     assert row[-4:] == ["364", "72", "364", "364"]  # FT charged, SFT @2, FT all, SFT all (seconds)
     with pytest.raises(ValueError, match="no epoch 20"):
         costs(tmp_path, ["digits"], ["badnets"], ["sft"], {"sft": 20})
+
+
+def test_paper_attack_schedule_is_constant_and_v1s_cosine_is_one_set_away():
+    """Sec. 4.4 names lr 0.001 and no schedule (ours: constant); v1's attack default is cosine with T_max 100
+    stepped per epoch, which over 200 epochs reaches 0 at epoch 100 and 0.001 again at 200."""
+    from experiments.profiles import resolve
+    from backdoor.train import make_scheduler
+
+    ours = get_profile("paper").train_config("cifar10")
+    assert (ours.schedule, ours.lr, ours.epochs, ours.batch_size) == ("constant", 0.001, 200, 256)
+    v1 = resolve("paper", ["attack_train.schedule=cosine", "attack_train.cosine_t_max=100"]).train_config("cifar10")
+    assert (v1.schedule, v1.cosine_t_max, v1.lr, v1.epochs) == ("cosine", 100, 0.001, 200)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=v1.lr)
+    sched, lrs = make_scheduler(v1)(opt, 1), []  # one step per epoch
+    for _ in range(201):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs[0] == 0.001 and abs(lrs[100]) < 1e-12 and abs(lrs[200] - 0.001) < 1e-12 and abs(lrs[50] - 0.0005) < 1e-12

@@ -16,6 +16,7 @@ import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -246,3 +247,19 @@ def test_concurrent_runs_of_one_step_wait_then_skip(tmp_path):
     assert "was built by another run while this one waited; skipping" in second.stderr
     third = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and runs.read_text() == "run\nrun\n"  # no one waiting: a rerun runs
+
+
+def test_lf_patterns_folder_without_a_good_file_for_the_dataset_is_one_line(step, capsys, tmp_path):
+    """LF_PATTERNS= (--lf-patterns): the dataset's file by BackdoorBench's name; missing or malformed -> one line."""
+    err = step(TRAIN + ["lf", "--lf-patterns", str(tmp_path)], capsys)
+    assert err == (f"error: --lf-patterns {tmp_path}: no digits_preactresnet18_0_255.npy there; put BackdoorBench's "
+                   "resource/lowFrequency/digits_preactresnet18_0_255.npy (one file per dataset) in that folder")
+    np.save(tmp_path / "digits_preactresnet18_0_255.npy", np.zeros((16, 16, 3), dtype=np.uint8))
+    err = step(TRAIN + ["lf", "--lf-patterns", str(tmp_path)], capsys)
+    assert err.startswith(f"error: LF pattern {tmp_path}/digits_preactresnet18_0_255.npy has shape (16, 16, 3); need")
+    (tmp_path / "digits_preactresnet18_0_255.npy").write_text("not numpy")
+    err = step(TRAIN + ["lf", "--lf-patterns", str(tmp_path)], capsys)
+    assert err == (f"error: LF pattern file {tmp_path}/digits_preactresnet18_0_255.npy is not a numpy array "
+                   "(ValueError); pass BackdoorBench's .npy (uint8, 32x32x3)")
+    err = step(TRAIN + ["wanet", "--lf-patterns", str(tmp_path)], capsys)
+    assert err == "error: --lf-pattern(s) is an LF setting; attack 'wanet' takes no pattern file"

@@ -8,10 +8,10 @@ diversity. Stage 2 trains the classifier with `fit` while G learns with Adam 0.0
 int(ratio * B) images (below one per batch: one with probability ratio * B, see `per_batch`)
 get their own trigger and the target label, as many "cross" images get the trigger of another
 image and keep their label, and a diversity loss keeps G's patterns as far apart as the images
-they come from. Augmentation: BackdoorBench's InputAware loads its training set with the usual
-train transform (crop pad 4, flip on CIFAR10, before the trigger) and never calls WaNet's
-post-poisoning transform (its --random_crop/--random_rotation are parsed, unused), so the
-default `augment="off"` keeps the engine's crop/flip; "batch"/"image" apply WaNet's instead.
+they come from. Augmentation as v1 loads its training set (v1:attack/inputaware_attack.py:319-335,
+`get_transform`, used for the mask stage and the classifier stage alike, :849-850), before the trigger:
+per image, crop with zero padding `random_crop` (5), rotation by U(-`random_rotation`, +) degrees (10,
+nearest) and a flip where the dataset flips (`per_batch.inputaware_v1_draw`); the engine's crop-4 is off.
 """
 from __future__ import annotations
 
@@ -24,9 +24,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..poison import materialise
-from ..train import augment, device_of, steps_per_epoch
+from ..train import device_of, steps_per_epoch
 from .base import Attack, PerBatchTraining
-from .per_batch import augment_draws, check_augment, draw_count, expected_counts, post_augment
+from .per_batch import apply_draw, draw_count, expected_counts, inputaware_v1_draw
 
 EPS = 1e-7
 
@@ -63,7 +63,14 @@ def threshold(m: torch.Tensor) -> torch.Tensor:
 
 
 def rms_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return (a - b).pow(2).mean(dim=(1, 2, 3)).sqrt()
+    """Per-image RMS distance, with gradient 0 where it is 0.
+
+    sqrt's derivative at 0 is infinite and the mean square's is 0 there, so plain autograd gives 0 * inf = NaN
+    whenever two patterns (or masks) are bit-identical, e.g. once G's last layer is constant (BN of a dead
+    channel outputs its bias for every image) or saturates tanh; one such batch makes G, then the model, NaN.
+    The forward value is unchanged but for mean squares below float's smallest normal number (`tiny`)."""
+    ms = (a - b).pow(2).mean(dim=(1, 2, 3))
+    return torch.where(ms > 0, ms.clamp_min(torch.finfo(ms.dtype).tiny).sqrt(), torch.zeros_like(ms))
 
 
 def diversity(x1: torch.Tensor, x2: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
@@ -80,16 +87,14 @@ class InputAware(Attack):
 
     def __init__(self, target: int = 0, width: int = 32, mask_epochs: int = 25, mask_density: float = 0.032,
                  lambda_div: float = 1.0, lambda_norm: float = 100.0, cross_ratio: float = 1.0,
-                 lr_g: float = 0.01, lr_m: float = 0.01, augment: str = "off", random_crop: int = 5,
-                 random_rotation: float = 10.0):
+                 lr_g: float = 0.01, lr_m: float = 0.01, random_crop: int = 5, random_rotation: float = 10.0):
         super().__init__(target)
-        check_augment(augment)
-        if width < 1 or mask_epochs < 0 or not 0 < mask_density < 1 or cross_ratio < 0:
+        if width < 1 or mask_epochs < 0 or not 0 < mask_density < 1 or cross_ratio < 0 or random_crop < 0:
             raise ValueError(f"invalid InputAware settings: width={width}, mask_epochs={mask_epochs}, "
-                             f"mask_density={mask_density}, cross_ratio={cross_ratio}")
+                             f"mask_density={mask_density}, cross_ratio={cross_ratio}, random_crop={random_crop}")
         self.hp = {"width": width, "mask_epochs": mask_epochs, "mask_density": mask_density,
                    "lambda_div": lambda_div, "lambda_norm": lambda_norm, "cross_ratio": cross_ratio,
-                   "lr_g": lr_g, "lr_m": lr_m, "augment": augment, "random_crop": random_crop,
+                   "lr_g": lr_g, "lr_m": lr_m, "random_crop": random_crop,
                    "random_rotation": random_rotation}
         self.generator = Generator(width, 3)
         self.mask_net = Generator(width, 1)
@@ -114,6 +119,11 @@ class InputAware(Attack):
     def _adam(self, module: nn.Module, lr: float) -> torch.optim.Optimizer:
         return torch.optim.Adam(module.parameters(), lr=lr, betas=(0.5, 0.9))
 
+    def augment(self, x: torch.Tensor, flip: bool, gen: torch.Generator) -> torch.Tensor:
+        """v1's train transform on [0,1] images x: crop, rotation, flip (if the dataset flips), per image."""
+        pad = self.hp["random_crop"]
+        return apply_draw(x, inputaware_v1_draw(len(x), pad, self.hp["random_rotation"], flip, gen), pad, False)
+
     def train_mask(self, x_train: torch.Tensor, cfg: Any, seed: int) -> list[float]:
         """Stage 1: mask net alone, on the engine's device-resident batches; returns per-epoch loss."""
         device = device_of(self)
@@ -129,8 +139,8 @@ class InputAware(Attack):
             p1, p2 = (torch.randperm(len(x), device=device, generator=gen) for _ in range(2))
             for s in range(spe):
                 sl = slice(s * cfg.batch_size, (s + 1) * cfg.batch_size)
-                x1 = augment(x[p1[sl]].float() / 255, cfg.crop_pad, cfg.flip, gen)
-                x2 = augment(x[p2[sl]].float() / 255, cfg.crop_pad, cfg.flip, gen)
+                x1 = self.augment(x[p1[sl]].float() / 255, cfg.flip, gen)
+                x2 = self.augment(x[p2[sl]].float() / 255, cfg.flip, gen)
                 m1, m2 = threshold(self.mask_net(x1)), threshold(self.mask_net(x2))
                 loss = (self.hp["lambda_norm"] * F.relu(m1 - self.hp["mask_density"]).mean()
                         + self.hp["lambda_div"] * diversity(x1, x2, m1, m2))
@@ -147,8 +157,7 @@ class InputAware(Attack):
                    tally: Optional[dict] = None) -> tuple[Callable, Callable]:
         """fit() hook for stage 2, and a `flush` that applies G's pending Adam step.
 
-        `flip`: the dataset flips (post-augmentation only); `tally["poisoned"]` adds up the
-        backdoor images actually drawn.
+        `flip`: the dataset flips; `tally["poisoned"]` adds up the backdoor images actually drawn.
 
         fit() backpropagates the classifier loss through the poisoned batch into G, after the
         hook returns; G's step therefore runs at the start of the next hook call (or at
@@ -165,6 +174,9 @@ class InputAware(Attack):
         def hook(x: torch.Tensor, y: torch.Tensor, step: int) -> tuple[torch.Tensor, torch.Tensor]:
             flush()
             opt_g.zero_grad(set_to_none=True)
+            if "aug" not in gen:
+                gen["aug"] = torch.Generator(device=x.device).manual_seed(seed + 1)
+            x = self.augment(x, flip, gen["aug"])  # before the trigger, as v1's loader
             nb = draw_count(len(x), ratio, gen["count"])
             nc = self.cross_count(nb, len(x))
             if tally is not None:
@@ -181,11 +193,6 @@ class InputAware(Attack):
                 (self.hp["lambda_div"] * diversity(x[:k], src[:k], p_bd[:k], p_src[:k])).backward(retain_graph=True)
             pending["step"] = True
             x = torch.cat([x_bd, x_cross, x[nb + nc :]])
-            if self.hp["augment"] != "off":
-                if "aug" not in gen:
-                    gen["aug"] = torch.Generator(device=x.device).manual_seed(seed + 1)
-                u = augment_draws(1 if self.hp["augment"] == "batch" else len(x), x.device, gen["aug"])
-                x = post_augment(x, u, self.hp["random_crop"], self.hp["random_rotation"], flip)
             return x, torch.cat([torch.full_like(y[:nb], self.target), y[nb:]])
 
         return hook, flush
@@ -198,7 +205,7 @@ class InputAware(Attack):
         opt_g = self._adam(self.generator, self.hp["lr_g"])
         tally: dict[str, int] = {"poisoned": 0}
         hook, flush = self.batch_hook(ratio, opt_g, seed, cfg.flip, tally)
-        fit_cfg = cfg if self.hp["augment"] == "off" else replace(cfg, crop_pad=0, flip=False)
+        fit_cfg = replace(cfg, crop_pad=0, flip=False)  # the hook augments, as v1's loader
 
         def evaluate_now(m: nn.Module) -> dict:
             flush()

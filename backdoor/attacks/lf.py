@@ -146,8 +146,12 @@ class LF(Attack):
         if self.pattern_sha256 and digest != self.pattern_sha256:
             raise ValueError(f"LF pattern file {path} has SHA-256 {digest}, expected {self.pattern_sha256}; "
                              "pass the file the run was made with")
-        self.set_pattern(pattern_from_array(np.load(path, allow_pickle=False), self.pattern.shape[-1], path)
-                         .to(self.pattern.device))
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as e:  # not a .npy array (or pickled objects, never loaded)
+            raise ValueError(f"LF pattern file {path} is not a numpy array ({type(e).__name__}); pass BackdoorBench's "
+                             ".npy (uint8, 32x32x3)") from None
+        self.set_pattern(pattern_from_array(array, self.pattern.shape[-1], path).to(self.pattern.device))
         self.pattern_sha256 = digest
 
     def cache_path(self, dataset: str, width: int, cache_dir: Path) -> Path:

@@ -1,37 +1,36 @@
-"""What WaNet and InputAware share as per-batch poisoners, following BackdoorBench.
+"""What WaNet and InputAware share as per-batch poisoners, following BackdoorBench v1.
 
 Counts: BackdoorBench's `generalize_to_lower_pratio` poisons int(ratio * B) images of a batch
 when ratio * B >= 1, and otherwise one image with probability ratio * B, so that the expected
 number per epoch stays ratio x N at ratios below 1 / batch (0.001 and 0.0001 at B = 256).
 
-Post-poisoning augmentation (WaNet's `PostTensorTransform`): after the trigger, random crop with
-zero padding 5 (p = 0.8), random rotation by U(-10, 10) degrees (p = 0.5, nearest, zero fill) and,
-where the dataset flips (CIFAR10), a horizontal flip (p = 0.5), in that order. BackdoorBench calls
-torchvision's transforms on the whole batch tensor, so one draw decides for all images of a
-batch (`mode="batch"`); `mode="image"` draws per image; `mode="off"` leaves the engine's own
-crop/flip, which runs before the trigger.
+Augmentation, as v1 draws it (all draws per image unless said otherwise):
+- WaNet (`wanet_v1_draw`, v1:attack/wanet_attack.py:186-212 `ProbTransform`/`PostTensorTransform`,
+  kornia 0.5.0 ops with same_on_batch=False), after the trigger: one coin per batch (p 0.8) decides
+  whether the batch is cropped, then every image gets its own offset (zero padding 5); one coin per
+  batch (p 0.5) decides whether rotation runs, then kornia's own p 0.5 rotates each image by its own
+  U(-10, 10) degrees (so a quarter of the images rotate), bilinear, align_corners=True, zero fill;
+  then a flip with p 0.5 per image where the dataset flips (CIFAR10).
+- InputAware (`inputaware_v1_draw`, v1:attack/inputaware_attack.py:319-335 `get_transform`,
+  torchvision on each PIL image at load), before the trigger: RandomCrop(padding 5) and
+  RandomRotation(10) always (nearest, zero fill), flip p 0.5 where the dataset flips.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 
-AUGMENT_MODES = ("batch", "image", "off")
-P_CROP, P_ROTATE, P_FLIP = 0.8, 0.5, 0.5  # BackdoorBench's ProbTransform probabilities
-N_DRAWS = 6  # uniforms per draw: crop?, dy, dx, rotate?, angle, flip?
+from ..train import crop_at
+
+P_CROP, P_ROTATE, P_FLIP = 0.8, 0.5, 0.5  # v1 ProbTransform's batch coins, kornia's per-image p, the flip
 
 
 class PerBatchAttack(Protocol):
     def cross_count(self, nb: int, batch: int) -> int: ...
-
-
-def check_augment(mode: str) -> None:
-    """Fail in one line on an unknown post-poisoning augmentation mode."""
-    if mode not in AUGMENT_MODES:
-        raise ValueError(f"unknown augment mode {mode!r}; choose one of: {', '.join(AUGMENT_MODES)}")
 
 
 def draw_count(batch: int, ratio: float, gen: torch.Generator) -> int:
@@ -52,42 +51,53 @@ def expected_counts(attack: PerBatchAttack, batch: int, ratio: float) -> tuple[f
     return e, e * attack.cross_count(1, batch)
 
 
-def augment_draws(n: int, device: torch.device, gen: torch.Generator) -> torch.Tensor:
-    """[n, N_DRAWS] uniforms that decide one post-augmentation (n = 1: one for the whole batch)."""
-    return torch.rand(n, N_DRAWS, device=device, generator=gen)
+@dataclass(frozen=True)
+class Draw:
+    """One batch's augmentation: per-image crop offsets (pad = no shift), angles (0 = not rotated), flips."""
+
+    dy: torch.Tensor
+    dx: torch.Tensor
+    angle: torch.Tensor
+    flip: torch.Tensor
 
 
-def crop_shift(x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor, pad: int) -> torch.Tensor:
-    """Crop of the zero-padded image at per-image offsets (dy, dx) in [0, 2 * pad]; pad, pad = identity."""
-    b, c, h, w = x.shape
-    xp = F.pad(x, (pad, pad, pad, pad))
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
-    chans = torch.arange(c, device=x.device)[None, :, None, None]
-    return xp[torch.arange(b, device=x.device)[:, None, None, None], chans, rows, cols]
+def _offsets(u: torch.Tensor, pad: int) -> torch.Tensor:
+    """Uniform integer offsets in [0, 2 * pad] from uniforms u (kornia's and torchvision's floor rule)."""
+    span = 2 * pad + 1
+    return (u * span).long().clamp(max=span - 1)
 
 
-def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
-    """Rotate each square image counter-clockwise about its centre (torchvision's sense), nearest, zero fill."""
+def wanet_v1_draw(n: int, pad: int, degrees: float, flip: bool, gen: torch.Generator) -> Draw:
+    """v1 WaNet's PostTensorTransform for n images: batch coins for crop (0.8) and rotation (0.5), per-image rest."""
+    coin = torch.rand(2, device=gen.device, generator=gen)  # on the device: no sync for a Python bool
+    u = torch.rand(n, 5, device=gen.device, generator=gen)  # dy, dx, rotate?, angle, flip?
+    crop = coin[0] < P_CROP
+    rot = (coin[1] < P_ROTATE) & (u[:, 2] < P_ROTATE)
+    return Draw(torch.where(crop, _offsets(u[:, 0], pad), pad), torch.where(crop, _offsets(u[:, 1], pad), pad),
+                torch.where(rot, (2 * u[:, 3] - 1) * degrees, 0.0), (u[:, 4] < P_FLIP) & flip)
+
+
+def inputaware_v1_draw(n: int, pad: int, degrees: float, flip: bool, gen: torch.Generator) -> Draw:
+    """v1 InputAware's train transform for n images: crop and rotation always, flip with p 0.5."""
+    u = torch.rand(n, 4, device=gen.device, generator=gen)  # dy, dx, angle, flip?
+    return Draw(_offsets(u[:, 0], pad), _offsets(u[:, 1], pad), (2 * u[:, 2] - 1) * degrees,
+                (u[:, 3] < P_FLIP) & flip)
+
+
+def rotate(x: torch.Tensor, degrees: torch.Tensor, bilinear: bool = False) -> torch.Tensor:
+    """Rotate each square image counter-clockwise about its centre, zero fill: torchvision's RandomRotation
+    (nearest, pixel-centre grid) or, `bilinear`, kornia's (bilinear, align_corners=True)."""
     a = degrees * (math.pi / 180)
     cos, sin, zero = a.cos(), a.sin(), torch.zeros_like(a)
     theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
-    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+    grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=bilinear)
+    return F.grid_sample(x, grid, mode="bilinear" if bilinear else "nearest", padding_mode="zeros",
+                         align_corners=bilinear)
 
 
-def post_augment(x: torch.Tensor, u: torch.Tensor, pad: int, degrees: float, flip: bool) -> torch.Tensor:
-    """Crop (p 0.8), rotate (p 0.5), flip (p 0.5, if `flip`) as decided by uniforms u [1 or B, N_DRAWS]."""
-    u = u.expand(len(x), N_DRAWS)
+def apply_draw(x: torch.Tensor, d: Draw, pad: int, bilinear: bool) -> torch.Tensor:
+    """Crop, rotate, flip x as drawn; images drawn unrotated stay bit-exact (no resampling)."""
     if pad > 0:
-        span = 2 * pad + 1
-        on = u[:, 0] < P_CROP
-        dy = torch.where(on, (u[:, 1] * span).long().clamp(max=span - 1), pad)
-        dx = torch.where(on, (u[:, 2] * span).long().clamp(max=span - 1), pad)
-        x = crop_shift(x, dy, dx, pad)
-    if degrees > 0:
-        on = u[:, 3] < P_ROTATE
-        x = torch.where(on[:, None, None, None], rotate(x, (2 * u[:, 4] - 1) * degrees), x)
-    if flip:
-        x = torch.where((u[:, 5] < P_FLIP)[:, None, None, None], x.flip(3), x)
-    return x
+        x = crop_at(x, d.dy, d.dx, pad)
+    x = torch.where((d.angle != 0)[:, None, None, None], rotate(x, d.angle, bilinear), x)
+    return torch.where(d.flip[:, None, None, None], x.flip(3), x)

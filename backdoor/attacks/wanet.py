@@ -6,9 +6,11 @@ s / H, times grid_rescale, clamped to [-1,1]. Training poisons on the fly per ba
 int(ratio * batch) images (below one per batch: one with probability ratio * batch, see
 `per_batch`) are warped and relabelled to the target, int(that * cross_ratio) "noise-mode"
 images get the warp plus fresh random jitter and keep their labels. Then the whole batch goes
-through BackdoorBench's post-poisoning augmentation (crop pad 5, rotation 10 degrees, flip where
-the dataset flips), and the engine's own crop/flip is off, as BackdoorBench loads WaNet's training
-set with the test transform (`augment="off"` restores the engine's crop/flip before the trigger).
+through v1's post-poisoning augmentation (`augment="v1"`, `per_batch.wanet_v1_draw`: per-image crop
+pad 5 under a p-0.8 batch coin, per-image bilinear rotation up to 10 degrees with p 0.5 under a p-0.5
+batch coin, flip where the dataset flips), and the engine's own crop/flip is off, as v1 loads WaNet's
+training set with the test transform (v1:attack/wanet_attack.py:170-183, 397). `augment="off"` (the
+digits profiles) keeps the engine's crop/flip before the trigger and adds nothing after it.
 
 Our models take [0,1] images (normalisation lives in the model), so the [0,1] image is
 warped; BackdoorBench warps the normalised tensor, which differs only in the colour of the
@@ -26,7 +28,9 @@ import torch.nn.functional as F
 from ..poison import materialise
 from ..train import device_of
 from .base import Attack, PerBatchTraining
-from .per_batch import augment_draws, check_augment, draw_count, expected_counts, post_augment
+from .per_batch import apply_draw, draw_count, expected_counts, wanet_v1_draw
+
+AUGMENTS = ("v1", "off")
 
 
 def identity_grid(size: int) -> torch.Tensor:
@@ -51,10 +55,11 @@ class WaNet(Attack):
     poisoning = "per_batch"
 
     def __init__(self, target: int = 0, k: int = 4, s: float = 0.5, grid_rescale: float = 1.0,
-                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0, augment: str = "batch",
+                 cross_ratio: float = 2.0, size: int = 32, seed: int = 0, augment: str = "v1",
                  random_crop: int = 5, random_rotation: float = 10.0):
         super().__init__(target)
-        check_augment(augment)
+        if augment not in AUGMENTS:
+            raise ValueError(f"unknown WaNet augment {augment!r}; choose one of: {', '.join(AUGMENTS)}")
         if k < 2 or s < 0 or grid_rescale <= 0 or cross_ratio < 0 or random_crop < 0 or random_rotation < 0:
             raise ValueError(f"invalid WaNet settings: k={k}, s={s}, grid_rescale={grid_rescale}, "
                              f"cross_ratio={cross_ratio}, random_crop={random_crop}, "
@@ -114,8 +119,8 @@ class WaNet(Attack):
             if "g" not in gen:
                 gen["g"] = torch.Generator(device=x.device).manual_seed(seed + 1)
             x, y = poison(x, y, step)
-            u = augment_draws(1 if self.augment == "batch" else len(x), x.device, gen["g"])
-            return post_augment(x, u, self.random_crop, self.random_rotation, flip), y
+            d = wanet_v1_draw(len(x), self.random_crop, self.random_rotation, flip, gen["g"])
+            return apply_draw(x, d, self.random_crop, bilinear=True), y
 
         return hook
 
