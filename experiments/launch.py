@@ -23,6 +23,7 @@ import runpy
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,9 +124,8 @@ def check_locks(target: Path | None, locks: Path) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         open(output_lock_path(target, locks), "a").close()
     else:
-        probe = locks / f".probe.{os.getpid()}"
-        probe.touch()
-        probe.unlink()
+        with tempfile.TemporaryFile(dir=locks):  # a write probe that leaves nothing behind
+            pass
 
 
 def launch_local(module: str, args: Sequence[str], gpus: Sequence[str] = (), locks: Path = Path()) -> None:

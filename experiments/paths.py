@@ -46,6 +46,8 @@ TEMPLATES: dict[str, str] = {
     "summary": "{dir}/summary.txt",  # experiments/summary.py
     "transfer_dir": "{dir}/transfer",  # figure3's --results
     "encoder_dir": "{dir}/encoder",  # in checkpoints and in results; figure2's --results
+    # ---- in a user's LF_PATTERNS folder: BackdoorBench's LF pattern per dataset (its resource/lowFrequency names)
+    "lf_pattern": "{dir}/{dataset}_{arch}_0_255.npy",
     # ---- in either profile directory: an overridden profile's --set values
     "overrides": "{dir}/overrides.json",
     # ---- in transfer_dir: experiments/transfer.py run

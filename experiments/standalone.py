@@ -66,7 +66,7 @@ def train(args: argparse.Namespace) -> None:
 
 def lf_pattern_in(folder: str, dataset: str, arch: str) -> str:
     """BackdoorBench's LF pattern for `dataset` in `folder`, by its naming: <dataset>_<model>_0_255.npy."""
-    path = Path(folder) / f"{dataset}_{arch}_0_255.npy"
+    path = paths.path("lf_pattern", folder, dataset=dataset, arch=arch)
     if not path.is_file():
         raise FileNotFoundError(f"--lf-patterns {folder}: no {path.name} there; put BackdoorBench's "
                                 f"resource/lowFrequency/{path.name} (one file per dataset) in that folder")

@@ -73,7 +73,7 @@ def _results(art: Path) -> dict[str, dict[str, Any]]:
 def _stable(obj: Any, art: Path) -> Any:
     """The result without wall-clock and provenance fields, paths relative to `art`, NaN comparable."""
     if isinstance(obj, dict):
-        return {k: _stable(v, art) for k, v in obj.items()
+        return {_stable(k, art): _stable(v, art) for k, v in obj.items()
                 if k not in VOLATILE and not k.endswith(("seconds", "device_hours"))}
     if isinstance(obj, list):
         return [_stable(v, art) for v in obj]
