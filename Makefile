@@ -45,13 +45,14 @@ demo-full: $(STAMP) ## every figure that digits allow (Table 1, Fig. 2-11); CPU,
 	@+$(demo_make) FIGS="$(DEMO_FULL)" figure-files
 	@d=$(demo_dir); echo "figures: $(demo_fg)/  results: $(demo_rs)/"
 
-# Torch threads as `make demo` sets them: OMP_NUM_THREADS=1 unless you set it (the tests' models are tiny).
+# Torch threads set, not left to torch: pytest is one process, so one thread per core (make demo: one step per
+# core, one thread each); on a loaded box give OMP_NUM_THREADS=1 (docs/measurements.md: 376 s vs 596 s idle).
 test: $(STAMP) ## the test suite, CPU (not the slow tests)
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(NPROC)} $(PY) -m pytest -q -m "not slow" tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 test-slow: $(STAMP) ## the trained-result tests too long for CI (about 10 more minutes on 2 cores)
-	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m pytest -q -m slow tests; rc=$$?; \
+	@OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(NPROC)} $(PY) -m pytest -q -m slow tests; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing on purpose" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP) ## training throughput of this box (images/s), for make plan

@@ -108,7 +108,8 @@ $(call defended,$(SRS)):  # made by the seeds' sub-makes (a rule here so that `m
 endif
 
 # ---- the demo: PROFILE=demo in a sub-make, one thread per step and one step per core (CPU boxes)
-DEMO_JOBS ?= $(shell nproc 2>/dev/null || echo 1)
+NPROC     := $(shell nproc 2>/dev/null || echo 1)
+DEMO_JOBS ?= $(NPROC)
 demo_make = OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(MAKE) --no-print-directory -j $(DEMO_JOBS) PROFILE=demo
 # Its directory in the shell variable d: demo, or demo+<hash> under SET= (one Python call, only then).
 demo_dir  = $(if $(strip $(SET)),$$($(PY) -m experiments.profiles demo name $(SETFLAGS)),demo)

@@ -1,4 +1,4 @@
-"""`make test` and `make test-slow` run pytest with OMP_NUM_THREADS=1 unless the caller set it, as `make demo` does."""
+"""`make test` and `make test-slow` run pytest (one process) with one torch thread per core unless the caller set it."""
 from __future__ import annotations
 
 import os
@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("goal", ["test", "test-slow"])
-@pytest.mark.parametrize("given,seen", [(None, "1"), ("3", "3")])
-def test_make_test_sets_one_torch_thread_unless_told(tmp_path: Path, goal: str, given, seen: str):
+@pytest.mark.parametrize("given,seen", [(None, str(len(os.sched_getaffinity(0)))), ("3", "3")])
+def test_make_test_sets_threads_per_core_unless_told(tmp_path: Path, goal: str, given, seen: str):
     # $(PY) is a stub that records the OMP_NUM_THREADS pytest would see; -o: never rebuild the venv here.
     stub = tmp_path / "python"
     stub.write_text(f'#!/bin/sh\necho "${{OMP_NUM_THREADS-unset}}" > {tmp_path}/threads\n')
