@@ -211,6 +211,11 @@ def checkpoints_read() -> dict[str, str]:
     return dict(_READ)
 
 
+def positive(v: Any) -> bool:
+    """A predicate for `require`: the value is > 0."""
+    return v > 0
+
+
 def require(meta: dict[str, Any], source: Path | str, field: str, kind: type | tuple[type, ...],
             ok: Callable[[Any], bool] = lambda v: True, want: str = "", default: Any = ...) -> Any:
     """The value of dotted `field` in `meta`, or CheckpointError naming `source` and the field."""

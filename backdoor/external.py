@@ -23,8 +23,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, read_sidecar, remove_stale_tmp, require,
-                         sidecar_path, split)
+from .checkpoint import (CheckpointError, load_checkpoint, load_state_into, positive, read_sidecar, remove_stale_tmp,
+                         require, sidecar_path, split)
 from .metrics import accuracy
 from .models import DATASET_STATS, DEFAULT_ARCH, MODELS, make_model, model_names
 
@@ -130,10 +130,6 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return state
 
 
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
 def _image_side(v: Any) -> bool:
     """BackdoorBench's img_size: (H, W, C) or a side, every entry a positive int."""
     sides = list(v) if isinstance(v, (list, tuple)) else [v]
@@ -143,7 +139,7 @@ def _image_side(v: Any) -> bool:
 def _backdoorbench(path: Path, obj: dict) -> ModelFile:
     """BackdoorBench's attack_result.pt / defense_result.pt: state dict under `model`, name, class count."""
     name = require(obj, path, "model_name", str, bool, "a model name")
-    classes = require(obj, path, "num_classes", int, _positive, "a positive integer")
+    classes = require(obj, path, "num_classes", int, positive, "a positive integer")
     clean = require(obj, path, "clean_data", (str, type(None)), want="a dataset name", default=None)
     size = require(obj, path, "img_size", (int, list, tuple, type(None)), lambda v: v is None or _image_side(v),
                    "positive ints, e.g. [32, 32, 3]", default=None)
@@ -186,7 +182,7 @@ def _from_safetensors(path: Path) -> ModelFile:
     side = sidecar_path(path)
     require(meta, side, "arch", dict, want="a JSON object", default={})
     hints = {"arch": require(meta, side, "arch.name", str, default=None),
-             "num_classes": require(meta, side, "arch.num_classes", int, _positive, "a positive integer", default=None),
+             "num_classes": require(meta, side, "arch.num_classes", int, positive, "a positive integer", default=None),
              "width": require(meta, side, "arch.width", (int, type(None)), lambda v: v is None or v > 0,
                               "a positive integer", default=None),
              "dataset": require(meta, side, "arch.dataset", (str, type(None)), default=None),

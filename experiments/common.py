@@ -17,7 +17,7 @@ import torch.nn as nn
 
 from backdoor.attacks import ATTACKS, Attack, make_attack
 from backdoor.checkpoint import (CheckpointError, atomic_write_json, checkpoints_read, environment, load_checkpoint,
-                                 load_state_into, require, sidecar_path, split, split_all)
+                                 load_state_into, positive, require, sidecar_path, split, split_all)
 from backdoor import data as _data
 from backdoor.data import ImageData, check_data_dir, load_dataset
 from backdoor.errors import USER_ERROR, UserExit
@@ -71,16 +71,12 @@ def read_json(path: Path | str) -> dict[str, Any]:
             from None
 
 
-def _positive(v: Any) -> bool:
-    return v > 0
-
-
 def check_backdoored_meta(meta: dict[str, Any], source: Path | str) -> None:
     """Schema of a backdoored checkpoint's sidecar: one CheckpointError naming the file and the first bad field."""
     require(meta, source, "arch", dict, want="a JSON object")
     require(meta, source, "arch.name", str, lambda v: v in MODELS, f"one of: {', '.join(sorted(MODELS))}")
-    classes = require(meta, source, "arch.num_classes", int, _positive, "a positive integer")
-    require(meta, source, "arch.width", int, _positive, "a positive integer")
+    classes = require(meta, source, "arch.num_classes", int, positive, "a positive integer")
+    require(meta, source, "arch.width", int, positive, "a positive integer")
     require(meta, source, "arch.dataset", (str, type(None)), default=None)
     require(meta, source, "attack", dict, want="a JSON object")
     require(meta, source, "attack.name", str, lambda v: v in ATTACKS, f"one of: {', '.join(sorted(ATTACKS))}")
