@@ -307,6 +307,8 @@ def sft_schedule(args: argparse.Namespace, sft: SFTConfig, ctx: DefenseContext) 
     if problem:
         print(f"warning: {problem}")
     info: dict[str, Any] = {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe}
+    print(f"sft: half-cycle {info['half_cycle_steps']} steps at {spe} per epoch, phase 1 {sft.phase1_epochs} of "
+          f"{cfg.epochs} epochs")
     if "sft.lr_max1" in given:
         print(f"sft: LR_MAX1 {sft.lr_max1:g} (--set)")
         return sft, {**info, "lr_max1": sft.lr_max1, "lr_max1_source": "--set"}
@@ -327,8 +329,15 @@ def verdict(r: dict[str, Any]) -> list[str]:
         out.append(f"{r['defense']} cost {drop:.3f} CA (more than {CA_DROP_WARN}) on {r['test_data']}")
     asr = r["after"].get("asr")
     if asr is not None and asr > ASR_BAR:
-        out.append(f"{r['defense']} left ASR {asr:.3f} (above {ASR_BAR}): the backdoor is not removed")
+        out.append(f"{r['defense']} left ASR {asr:.3f} (above {ASR_BAR}): the backdoor is not removed"
+                   + (_sft_hint(r["sft"]["lr_max1"]) if r["defense"] == "sft" and r.get("sft") else ""))
     return out
+
+
+def _sft_hint(lr_max1: float) -> str:
+    """What may still remove a backdoor SFT left: the paper's Fig. 9 (small clean sets need a larger LR_MAX1)."""
+    return (f"; more clean data, or a larger LR_MAX1 than {lr_max1:g} at some CA (SET=\"sft.lr_max1={3 * lr_max1:.2g}\"; "
+            "the paper's Fig. 9), may remove it")
 
 
 def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, cfg, result, n_clean: int,

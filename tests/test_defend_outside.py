@@ -19,7 +19,7 @@ from backdoor.external import detect_norm, fitting_hint
 from backdoor.models import make_model, with_input_norm
 from backdoor.train import TrainConfig
 from defenses import DefenseContext, SFTConfig, choose_lr_max1
-from experiments.defend import hold_out, out_stem
+from experiments.defend import hold_out, out_stem, verdict
 from experiments.profiles import get_profile
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,18 @@ def test_guard_probe_counts_a_diverged_run_as_failed_and_leaves_the_model_alone(
 
 
 # ---- utility, normalisation, output folders -------------------------------------------------------------
+
+
+def test_verdict_names_each_missed_bar_and_what_may_still_remove_it():
+    r = {"defense": "sft", "test_data": "digits", "sft": {"lr_max1": 0.01},
+         "before": {"ca": 0.985, "asr": 1.0}, "after": {"ca": 0.965, "asr": 0.824}}
+    lines = verdict(r)
+    assert len(lines) == 1 and lines[0].startswith("sft left ASR 0.824 (above 0.05): the backdoor is not removed; ")
+    assert 'SET="sft.lr_max1=0.03"' in lines[0]  # a third of a step up from the guard's choice
+    r["after"] = {"ca": 0.95, "asr": 0.05}  # ASR exactly at the bar passes
+    assert verdict(r) == ["sft cost 0.035 CA (more than 0.03) on digits"]
+    assert verdict({**r, "defense": "ft", "after": {"ca": 0.98, "asr": 0.9}}) == [
+        "ft left ASR 0.900 (above 0.05): the backdoor is not removed"]
 
 
 def test_hold_out_moves_a_seeded_share_to_the_test_split():
