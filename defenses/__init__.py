@@ -7,7 +7,7 @@ from .abl import ABLConfig, abl
 from .ac import ACConfig, activation_clustering
 from .base import DefenseContext, DefenseResult
 from .common import Budget
-from .finetune import SFTConfig, choose_lr_max1, finetune, super_finetune
+from .finetune import PHASE1_MIN_STEPS, SFTConfig, choose_lr_max1, finetune, super_finetune
 from .fp import FPConfig, fine_pruning
 from .nad import NADConfig, nad
 from .nc import NCConfig, neural_cleanse
@@ -33,4 +33,4 @@ def get_defense(name: str) -> Callable[[DefenseContext], DefenseResult]:
 
 
 __all__ = ["DEFENSES", "ABLConfig", "ACConfig", "Budget", "DefenseContext", "DefenseResult", "FPConfig",
-           "NADConfig", "NCConfig", "SFTConfig", "SpectralConfig", "get_defense"]
+           "NADConfig", "NCConfig", "PHASE1_MIN_STEPS", "SFTConfig", "SpectralConfig", "get_defense"]

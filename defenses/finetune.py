@@ -28,6 +28,12 @@ from .base import DefenseContext, DefenseResult
 PAPER_HALF_CYCLE_EPOCHS = 500 * 256 / 50_000
 
 
+# Phase 1's floor in optimizer steps off the paper's datasets (CIFAR10's phase 1 is 1,960 steps). On 504 digits
+# images MobileNetV2 under Blended kept ASR 0.089 and 0.522 (2 seeds) after 35 phase-1 steps at LR_MAX1 0.05, and
+# lost it (0.039) after 105; docs/defend.md.
+PHASE1_MIN_STEPS = 100
+
+
 @dataclass(frozen=True)
 class SFTConfig:
     """Super-fine-tuning schedule; defaults are the paper's (Section 4.4)."""
@@ -58,6 +64,11 @@ class SFTConfig:
         half = self.half_cycle_steps / 500 * PAPER_HALF_CYCLE_EPOCHS
         cycles = max(1, round(self.phase1_epochs / (2 * half)))
         return replace(self, half_cycle_epochs=self.phase1_epochs / (2 * cycles))
+
+    def stretched(self, spe: int, epochs: int, min_steps: int = PHASE1_MIN_STEPS) -> tuple["SFTConfig", int]:
+        """Phase 1 lengthened to at least `min_steps` steps at `spe` per epoch, phase 2 kept: (config, epochs)."""
+        p1 = max(self.phase1_epochs, math.ceil(min_steps / spe))
+        return replace(self, phase1_epochs=p1), max(epochs, p1 + max(0, epochs - self.phase1_epochs))
 
     def peak_problem(self, spe: int, epochs: int) -> Optional[str]:
         """One line when the LR can never reach LR_MAX1 in `epochs` epochs of `spe` steps, else None."""
@@ -99,10 +110,12 @@ def sft_lr_trace(cfg: SFTConfig, spe: int, total_steps: int) -> list[float]:
     return lrs
 
 
-# The LR_MAX1 guard tries the configured peak, then about a third of it each time (never down to LR_MAX2).
-GUARD_FACTORS = (1.0, 0.3, 0.1, 0.03)
-# A peak passes while the probe's training loss at it stays below this share of chance-level loss ln(C).
-GUARD_LOSS_SHARE = 0.25
+# The LR_MAX1 guard tries the configured peak, then half, then about a third each time (never down to LR_MAX2).
+GUARD_FACTORS = (1.0, 0.5, 0.3, 0.1, 0.03)
+# A peak passes while the probe's training loss at it stays below this share of chance-level loss ln(C). On digits
+# (ResNet-18 and MobileNetV2, 2 seeds each) 0.1 gave 1.61-2.22 (ResNet-18 then lost 8-54 CA points) and 0.05 gave
+# 0.87-0.96; 0.25 ln(C) (0.576) rejected 0.03 for MobileNetV2 (0.611) and left its Blended backdoor (ASR 0.82).
+GUARD_LOSS_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -167,5 +180,5 @@ def super_finetune(ctx: DefenseContext) -> DefenseResult:
                                               "device_hours": clock.hours()})
 
 
-__all__ = ["GuardResult", "PAPER_HALF_CYCLE_EPOCHS", "SFTConfig", "SuperFineTuningLR", "choose_lr_max1", "finetune",
+__all__ = ["GuardResult", "PAPER_HALF_CYCLE_EPOCHS", "PHASE1_MIN_STEPS", "SFTConfig", "SuperFineTuningLR", "choose_lr_max1", "finetune",
            "super_finetune", "sft_lr_trace"]

@@ -29,8 +29,8 @@ from backdoor.external import (BACKDOORBENCH_STATS, ModelFile, arch_of, build_mo
                                load_image_folder, read_model_file, triggered_classes)
 from backdoor.metrics import accuracy, make_evaluator
 from backdoor.models import DATASET_STATS, DEFAULT_ARCH, TIMM_PREFIX, model_names
-from backdoor.train import precision_used, steps_per_epoch
-from defenses import DefenseContext, SFTConfig, choose_lr_max1, get_defense
+from backdoor.train import TrainConfig, precision_used, steps_per_epoch
+from defenses import PHASE1_MIN_STEPS, DefenseContext, SFTConfig, choose_lr_max1, get_defense
 from defenses.common import clean_subset
 from experiments import paths
 from experiments.common import (check_writable, evaluator_for, jsonable, resolve_device, run_main, setup,
@@ -281,10 +281,10 @@ def defend(args: argparse.Namespace) -> None:
     ctx = replace(ctx, x_clean=x, y_clean=y, x_train=x, y_train=y)
     sft_info = {}
     if args.defense == "sft":
-        sft, sft_info = sft_schedule(args, prof.sft, ctx)
-        ctx = replace(ctx, params={**ctx.params, "sft": sft})
+        sft, train, sft_info = sft_schedule(args, prof.sft, ctx)
+        ctx = replace(ctx, train=train, params={**ctx.params, "sft": sft})
     result = defense(ctx)
-    report = summarise(args, mf, arch, norm, cfg, result, len(x), device, out)
+    report = summarise(args, mf, arch, norm, ctx.train, result, len(x), device, out)
     report["sft"] = sft_info or None
     report["warnings"] = verdict(report)
     dataset = data.name if classes is None else None
@@ -295,30 +295,47 @@ def defend(args: argparse.Namespace) -> None:
     print_report(report)
 
 
-def sft_schedule(args: argparse.Namespace, sft: SFTConfig, ctx: DefenseContext) -> tuple[SFTConfig, dict]:
-    """The profile's SFT schedule made to fit the user's data: the half-cycle in epochs off the paper's
-    datasets, a warning when LR_MAX1 is out of reach, and LR_MAX1 from the guard unless --set sft.lr_max1."""
+def sft_schedule(args: argparse.Namespace, sft: SFTConfig,
+                 ctx: DefenseContext) -> tuple[SFTConfig, TrainConfig, dict]:
+    """The profile's SFT schedule made to fit the user's data: off the paper's datasets phase 1 of at least
+    PHASE1_MIN_STEPS steps and the half-cycle in epochs, a warning when LR_MAX1 is out of reach, and LR_MAX1
+    from the guard unless --set sft.lr_max1. Returns the schedule, the fine-tuning config and the report's record."""
     given = {s.partition("=")[0].strip() for s in args.set}
-    if not (is_dataset(args.data) and args.data in get_profile("paper").datasets or "sft.half_cycle_steps" in given):
-        sft = sft.in_epochs()
-    cfg = ctx.train
-    spe = steps_per_epoch(len(ctx.x_clean), cfg.batch_size, cfg.drop_last, cfg.max_steps)
+    spe = steps_per_epoch(len(ctx.x_clean), ctx.train.batch_size, ctx.train.drop_last, ctx.train.max_steps)
+    sft, cfg = off_paper_schedule(args, given, sft, ctx.train, spe)
     problem = sft.peak_problem(spe, cfg.epochs)
     if problem:
         print(f"warning: {problem}")
-    info: dict[str, Any] = {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe}
+    info: dict[str, Any] = {"half_cycle_steps": sft.step_size(spe), "steps_per_epoch": spe,
+                            "phase1_epochs": sft.phase1_epochs, "epochs": cfg.epochs}
+    stretched = cfg.epochs != ctx.train.epochs
     print(f"sft: half-cycle {info['half_cycle_steps']} steps at {spe} per epoch, phase 1 {sft.phase1_epochs} of "
-          f"{cfg.epochs} epochs")
+          f"{cfg.epochs} epochs" + (f" (raised from {ctx.train.epochs}: phase 1 runs at least {PHASE1_MIN_STEPS} "
+                                    "steps off the paper's datasets; --set finetune_epochs=N keeps yours)"
+                                    if stretched else ""))
     if "sft.lr_max1" in given:
         print(f"sft: LR_MAX1 {sft.lr_max1:g} (--set)")
-        return sft, {**info, "lr_max1": sft.lr_max1, "lr_max1_source": "--set"}
-    guard = choose_lr_max1(ctx, sft)
+        return sft, cfg, {**info, "lr_max1": sft.lr_max1, "lr_max1_source": "--set"}
+    guard = choose_lr_max1(replace(ctx, train=cfg), sft)
     tried = ", ".join(f"{lr:g}: {loss:.3f}" for lr, loss in guard.losses.items())
     print(f"sft: LR_MAX1 {guard.lr_max1:g} (guard: peak-epoch training loss {tried}; limit {guard.limit:.3f})"
           + ("" if guard.passed else "; no candidate kept the loss below the limit, SFT may cost accuracy"))
     info |= {"lr_max1": guard.lr_max1, "lr_max1_source": "guard" if guard.passed else "guard (none passed)",
              "guard_losses": {str(k): v for k, v in guard.losses.items()}, "guard_limit": guard.limit}
-    return replace(sft, lr_max1=guard.lr_max1), info
+    return replace(sft, lr_max1=guard.lr_max1), cfg, info
+
+
+def off_paper_schedule(args: argparse.Namespace, given: set[str], sft: SFTConfig, cfg: TrainConfig,
+                       spe: int) -> tuple[SFTConfig, TrainConfig]:
+    """Off the paper's datasets (unless the step half-cycle is --set): phase 1 of at least PHASE1_MIN_STEPS
+    steps (unless the epochs are given) and the half-cycle in epochs."""
+    if is_dataset(args.data) and args.data in get_profile("paper").datasets or "sft.half_cycle_steps" in given:
+        return sft, cfg
+    if not ({"sft.phase1_epochs", "finetune_epochs"} & given or args.epochs):
+        sft, epochs = sft.stretched(spe, cfg.epochs)
+        # The stretch adds steps, not evaluations: about as many as the profile's epochs.
+        cfg = replace(cfg, epochs=epochs, eval_every=max(cfg.eval_every, epochs // cfg.epochs))
+    return sft.in_epochs(), cfg
 
 
 def verdict(r: dict[str, Any]) -> list[str]:

@@ -58,6 +58,19 @@ def test_outside_data_schedule_reaches_the_peak_in_whole_cycles():
     assert "never LR_MAX1" in outside.peak_problem(5, 2)
 
 
+def test_small_data_phase1_gets_its_step_floor_and_keeps_phase2():
+    demo = get_profile("demo").sft  # phase 1: 5 of 10 epochs
+    assert ft.PHASE1_MIN_STEPS == 100
+    # 504 images at batch 64: 7 steps per epoch -> phase 1 of ceil(100 / 7) = 15 epochs, phase 2's 5 kept.
+    sft, epochs = demo.stretched(7, 10)
+    assert (sft.phase1_epochs, epochs) == (15, 20) and sft.half_cycle_epochs == demo.half_cycle_epochs
+    assert demo.stretched(21, 10) == (demo, 10)  # 1,400 images: 105 steps already
+    paper, epochs = get_profile("paper").sft.stretched(1, 100)  # 504 images at batch 256: one step per epoch
+    assert (paper.phase1_epochs, epochs) == (100, 190)
+    lrs = ft.sft_lr_trace(paper.in_epochs(), 1, 190)
+    assert max(lrs[:100]) == pytest.approx(0.1, rel=0.05) and max(lrs[100:]) <= 1e-3 + 1e-12
+
+
 # ---- LR_MAX1 guard -------------------------------------------------------------------------------------
 
 
@@ -73,17 +86,17 @@ def test_guard_takes_the_largest_peak_below_the_limit(monkeypatch):
 
     def fake(ctx, cfg, sft):
         seen.append((sft.lr_max1, cfg.epochs))
-        return {0.1: 3.0, 0.03: 0.4, 0.01: 0.1}[sft.lr_max1]
+        return {0.1: 1.61, 0.05: 1.16, 0.03: 0.4}[sft.lr_max1]  # 1.16: just above the limit
 
     monkeypatch.setattr(ft, "_probe_loss", fake)
     sft = SFTConfig(half_cycle_epochs=2.5)
     got = choose_lr_max1(_ctx(), sft)
-    limit = 0.25 * math.log(10)  # 0.576
+    limit = 0.5 * math.log(10)  # 1.151
     assert (got.lr_max1, got.passed, got.limit) == (0.03, True, pytest.approx(limit))
-    assert seen == [(0.1, 3), (0.03, 3)]  # stops at the first pass; a probe covers the whole first half-cycle
+    assert seen == [(0.1, 3), (0.05, 3), (0.03, 3)]  # stops at the first pass; a probe covers the first half-cycle
     monkeypatch.setattr(ft, "_probe_loss", lambda ctx, cfg, s: 5.0)
     none = choose_lr_max1(_ctx(), sft)
-    assert (none.lr_max1, none.passed) == (0.003, False) and list(none.losses) == [0.1, 0.03, 0.01, 0.003]
+    assert (none.lr_max1, none.passed) == (0.003, False) and list(none.losses) == [0.1, 0.05, 0.03, 0.01, 0.003]
 
 
 def test_guard_probe_counts_a_diverged_run_as_failed_and_leaves_the_model_alone():
