@@ -343,7 +343,8 @@ def verdict(r: dict[str, Any]) -> list[str]:
     out = []
     drop = r["before"]["ca"] - r["after"]["ca"]
     if drop > CA_DROP_WARN:
-        out.append(f"{r['defense']} cost {drop:.3f} CA (more than {CA_DROP_WARN}) on {r['test_data']}")
+        out.append(f"{r['defense']} cost {drop:.3f} CA (more than {CA_DROP_WARN}) on {r['test_data']}"
+                   + (_sft_ca_hint(r["sft"]["lr_max1"]) if r["defense"] == "sft" and r.get("sft") else ""))
     asr = r["after"].get("asr")
     if asr is not None and asr > ASR_BAR:
         out.append(f"{r['defense']} left ASR {asr:.3f} (above {ASR_BAR}): the backdoor is not removed"
@@ -355,6 +356,11 @@ def _sft_hint(lr_max1: float) -> str:
     """What may still remove a backdoor SFT left: the paper's Fig. 9 (small clean sets need a larger LR_MAX1)."""
     return (f"; more clean data, or a larger LR_MAX1 than {lr_max1:g} at some CA (SET=\"sft.lr_max1={3 * lr_max1:.2g}\"; "
             "the paper's Fig. 9), may remove it")
+
+
+def _sft_ca_hint(lr_max1: float) -> str:
+    """What may keep more CA: a smaller peak, which may also leave more of the backdoor."""
+    return f"; a smaller LR_MAX1 than {lr_max1:g} (SET=\"sft.lr_max1={lr_max1 / 2:.2g}\") may keep more, and remove less"
 
 
 def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, cfg, result, n_clean: int,

@@ -5,7 +5,8 @@
 #   OUT=/tmp/outside M_ARCHS="resnet18 mobilenet_v2" M_TRIGGERS="badnets blended" M_FRACTIONS="0.36 1" M_SEEDS="0 1 2" \
 #   PROFILE=demo scripts/outside_matrix.sh
 # Seed s trains its own model (outside_models.py --seed s) and defends it with seed=s; M_MODEL_SEED=0 defends
-# one model (seed 0) with every seed instead (the CIFAR-stem ResNet-18 costs ~15x to train).
+# one model (seed 0) with every seed instead (the CIFAR-stem ResNet-18 costs ~15x to train). A run whose report
+# exists is skipped, so a stopped matrix resumes.
 set -euo pipefail
 OUT=${OUT:-artifacts/outside}
 M_ARCHS=${M_ARCHS:-"resnet18 cifar_resnet18 mobilenet_v2"}
@@ -25,6 +26,7 @@ for arch in $M_ARCHS; do
       [ -f "$model" ] || $PY scripts/outside_models.py --arch "$arch" --trigger "$trig" --seed "$ms" --out "$model"
       for frac in $M_FRACTIONS; do
         dir="$OUT/defend/$PROFILE-$arch-$trig-f$frac-s$seed"
+        [ -f "$dir/sft.report.json" ] && continue  # done in an earlier call: its row is in table.tsv
         make --no-print-directory defend MODEL="$model" DATA=digits DEFENSE=sft TRIGGER="$trig" \
           FRACTION="$frac" PROFILE="$PROFILE" SET="seed=$seed" OUT="$dir" \
           DEFEND_ARGS="--arch $arch" \

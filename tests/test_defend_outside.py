@@ -119,7 +119,8 @@ def test_verdict_names_each_missed_bar_and_what_may_still_remove_it():
     assert len(lines) == 1 and lines[0].startswith("sft left ASR 0.824 (above 0.05): the backdoor is not removed; ")
     assert 'SET="sft.lr_max1=0.03"' in lines[0]  # a third of a step up from the guard's choice
     r["after"] = {"ca": 0.95, "asr": 0.05}  # ASR exactly at the bar passes
-    assert verdict(r) == ["sft cost 0.035 CA (more than 0.03) on digits"]
+    assert verdict(r) == ['sft cost 0.035 CA (more than 0.03) on digits; a smaller LR_MAX1 than 0.01 '
+                          '(SET="sft.lr_max1=0.005") may keep more, and remove less']
     assert verdict({**r, "defense": "ft", "after": {"ca": 0.98, "asr": 0.9}}) == [
         "ft left ASR 0.900 (above 0.05): the backdoor is not removed"]
 
