@@ -180,5 +180,5 @@ def super_finetune(ctx: DefenseContext) -> DefenseResult:
                                               "device_hours": clock.hours()})
 
 
-__all__ = ["GuardResult", "PAPER_HALF_CYCLE_EPOCHS", "PHASE1_MIN_STEPS", "SFTConfig", "SuperFineTuningLR", "choose_lr_max1", "finetune",
-           "super_finetune", "sft_lr_trace"]
+__all__ = ["GuardResult", "PAPER_HALF_CYCLE_EPOCHS", "PHASE1_MIN_STEPS", "SFTConfig", "SuperFineTuningLR",
+           "choose_lr_max1", "finetune", "super_finetune", "sft_lr_trace"]

@@ -341,26 +341,19 @@ def off_paper_schedule(args: argparse.Namespace, given: set[str], sft: SFTConfig
 def verdict(r: dict[str, Any]) -> list[str]:
     """One line per bar the defence missed: CA lost beyond CA_DROP_WARN, ASR left above ASR_BAR."""
     out = []
+    # SFT's lever for either miss is its peak: a larger one (the paper's Fig. 9) or a smaller one.
+    lr = r["sft"]["lr_max1"] if r["defense"] == "sft" and r.get("sft") else None
     drop = r["before"]["ca"] - r["after"]["ca"]
     if drop > CA_DROP_WARN:
         out.append(f"{r['defense']} cost {drop:.3f} CA (more than {CA_DROP_WARN}) on {r['test_data']}"
-                   + (_sft_ca_hint(r["sft"]["lr_max1"]) if r["defense"] == "sft" and r.get("sft") else ""))
+                   + (f"; a smaller LR_MAX1 than {lr:g} (SET=\"sft.lr_max1={lr / 2:.2g}\") may keep more, "
+                      "and remove less" if lr else ""))
     asr = r["after"].get("asr")
     if asr is not None and asr > ASR_BAR:
         out.append(f"{r['defense']} left ASR {asr:.3f} (above {ASR_BAR}): the backdoor is not removed"
-                   + (_sft_hint(r["sft"]["lr_max1"]) if r["defense"] == "sft" and r.get("sft") else ""))
+                   + (f"; more clean data, or a larger LR_MAX1 than {lr:g} at some CA "
+                      f"(SET=\"sft.lr_max1={3 * lr:.2g}\"; the paper's Fig. 9), may remove it" if lr else ""))
     return out
-
-
-def _sft_hint(lr_max1: float) -> str:
-    """What may still remove a backdoor SFT left: the paper's Fig. 9 (small clean sets need a larger LR_MAX1)."""
-    return (f"; more clean data, or a larger LR_MAX1 than {lr_max1:g} at some CA (SET=\"sft.lr_max1={3 * lr_max1:.2g}\"; "
-            "the paper's Fig. 9), may remove it")
-
-
-def _sft_ca_hint(lr_max1: float) -> str:
-    """What may keep more CA: a smaller peak, which may also leave more of the backdoor."""
-    return f"; a smaller LR_MAX1 than {lr_max1:g} (SET=\"sft.lr_max1={lr_max1 / 2:.2g}\") may keep more, and remove less"
 
 
 def summarise(args: argparse.Namespace, mf: ModelFile, arch: str, norm: tuple, cfg, result, n_clean: int,
